@@ -1,0 +1,548 @@
+"""The `websoft9-backup` command line. The only place that prints and exits.
+
+Each command is a small function: parse, call the engine, report. Errors are
+`BackupError`s carrying their own exit code; anything else is a bug and is
+reported in one line (with the traceback under --debug).
+"""
+
+from __future__ import annotations
+
+import argparse
+import getpass
+import json
+import logging
+import os
+import signal
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from sidecar import __version__
+from sidecar.config import Settings
+from sidecar.errors import EXIT_FAILED, EXIT_OK, EXIT_WARNINGS, BackupError, InvalidRequest
+from sidecar.progress import TerminalProgress, human_bytes
+from sidecar.repo.backends.base import open_backend
+from sidecar.repo.crypto import MasterKey
+from sidecar.repo.repository import Repository
+
+Handler = Callable[[argparse.Namespace, Settings], int]
+
+
+# ---- shared helpers -------------------------------------------------------------------
+
+
+def _passphrase(args: argparse.Namespace, *, confirm: bool = False) -> bytes:
+    if getattr(args, "password_file", None):
+        try:
+            data = Path(args.password_file).read_bytes()
+        except OSError as exc:
+            raise InvalidRequest(f"cannot read --password-file {args.password_file}: {exc.strerror}") from None
+        return data.rstrip(b"\r\n")
+    env = os.environ.get("BACKUP_ENCRYPTION_KEY")
+    if env:
+        return env.encode()
+    return _prompt("encryption key: ", confirm)
+
+
+def _prompt(label: str, confirm: bool) -> bytes:
+    if not sys.stdin.isatty():
+        raise InvalidRequest("no encryption key: set BACKUP_ENCRYPTION_KEY or use --password-file")
+    first = getpass.getpass(label)
+    if confirm and getpass.getpass("again: ") != first:
+        raise InvalidRequest("the two entries differ")
+    if not first:
+        raise InvalidRequest("the encryption key must not be empty")
+    return first.encode()
+
+
+def _repo_url(args: argparse.Namespace, settings: Settings) -> str:
+    return args.repo or settings.repository
+
+
+def _open(args: argparse.Namespace, settings: Settings) -> Repository:
+    backend = open_backend(_repo_url(args, settings))
+    master_file = getattr(args, "master_key_file", None)
+    if master_file:
+        try:
+            master = MasterKey.from_export(json.loads(Path(master_file).read_text()))
+        except (OSError, ValueError) as exc:
+            raise InvalidRequest(f"cannot read --master-key-file {master_file}: {exc}") from None
+        return Repository.open(backend, master=master, compression_level=settings.compression_level)
+    return Repository.open(backend, _passphrase(args), compression_level=settings.compression_level)
+
+
+def _print_json(doc: object) -> None:
+    json.dump(doc, sys.stdout, indent=1, ensure_ascii=False)
+    sys.stdout.write("\n")
+
+
+def _progress(verb: str, args: argparse.Namespace) -> TerminalProgress | None:
+    if getattr(args, "json", False) or not sys.stderr.isatty():
+        return None
+    return TerminalProgress(verb).start()
+
+
+# ---- commands -----------------------------------------------------------------------------
+
+
+def cmd_init(args: argparse.Namespace, settings: Settings) -> int:
+    backend = open_backend(_repo_url(args, settings))
+    repo = Repository.init(backend, _passphrase(args, confirm=True), compression_level=settings.compression_level)
+    print(f"created repository {repo.config['id'][:8]} at {backend.location}")
+    print("keep the encryption key safe: without it the backups cannot be read (see `key export`)")
+    return EXIT_OK
+
+
+def cmd_backup(args: argparse.Namespace, settings: Settings) -> int:
+    from sidecar.repo.backup import BackupOptions, BackupSession
+
+    if not args.path and not args.stdin:
+        raise InvalidRequest("give --path DIR (or --stdin NAME)")
+    paths = [os.path.abspath(p) for p in args.path]
+    app_id = args.app_id or (paths[0] if paths else args.stdin)
+    repo = _open(args, settings)
+    options = BackupOptions(
+        app_id=app_id,
+        app_name=args.app_name,
+        backup_type=args.type,
+        tags=args.tag,
+        description=args.description,
+        lock_wait=args.lock_wait,
+    )
+    progress = _progress("backup", args)
+    try:
+        with BackupSession(repo, options, progress) as session:
+            if progress:
+                for p in paths:
+                    progress.scan_totals(p)
+            for p in paths:
+                session.add_tree(p, p, kind="path", excludes=tuple(args.exclude))
+            if args.stdin:
+                session.add_stream(args.stdin, sys.stdin.buffer, args.stdin)
+            snap = session.commit()
+    finally:
+        if progress:
+            progress.finish()
+    totals = snap.totals
+    summary = {
+        "snapshot_id": snap.id,
+        "backup_id": snap.backup_id,
+        "app_id": snap.app_id,
+        "backup_type": snap.backup_type,
+        "parent": snap.parent,
+        "files": totals.files,
+        "bytes": totals.bytes,
+        "added_bytes": totals.added_bytes,
+        "stored_bytes": totals.stored_bytes,
+        "reused_files": totals.reused_files,
+        "duration_s": round(snap.duration_s, 3),
+        "warnings": snap.warnings,
+    }
+    if args.json:
+        _print_json(summary)
+    else:
+        for w in snap.warnings:
+            print(f"warning: {w['source']}: {w['path']}: {w['error']} (skipped)", file=sys.stderr)
+        print(f"snapshot {snap.id[:8]} ({snap.backup_id}) saved: app {snap.app_id}, {snap.backup_type}")
+        print(
+            f"  {totals.files} files ({totals.reused_files} unchanged), {human_bytes(totals.bytes)} in,"
+            f" {human_bytes(totals.added_bytes)} new, {human_bytes(totals.stored_bytes)} stored,"
+            f" {snap.duration_s:.1f} s"
+        )
+    return EXIT_WARNINGS if snap.warnings else EXIT_OK
+
+
+def cmd_snapshots(args: argparse.Namespace, settings: Settings) -> int:
+    repo = _open(args, settings)
+    snaps = repo.list_snapshots(args.app_id)
+    if args.json:
+        _print_json(
+            [
+                {
+                    "id": s.id,
+                    "backup_id": s.backup_id,
+                    "app_id": s.app_id,
+                    "app_name": s.app_name,
+                    "time": s.to_json()["time"],
+                    "backup_type": s.backup_type,
+                    "parent": s.parent,
+                    "tags": s.tags,
+                    "description": s.description,
+                    "hostname": s.hostname,
+                    "sources": [
+                        {"name": x.name, "kind": x.kind, **({"engine": x.engine} if x.engine else {})}
+                        for x in s.sources
+                    ],
+                    "totals": s.to_json()["totals"],
+                    "warnings": len(s.warnings),
+                }
+                for s in snaps
+            ]
+        )
+        return EXIT_OK
+    print(f"{'ID':8}  {'TIME (UTC)':19}  {'TYPE':12}  {'FILES':>7}  {'SIZE':>10}  {'ADDED':>10}  APP")
+    for s in snaps:
+        t = s.totals
+        print(
+            f"{s.id[:8]}  {s.time:%Y-%m-%d %H:%M:%S}  {s.backup_type:12}  {t.files:7}  "
+            f"{human_bytes(t.bytes):>10}  {human_bytes(t.added_bytes):>10}  {s.app_id}"
+            + (f"  [{', '.join(s.tags)}]" if s.tags else "")
+        )
+    print(f"{len(snaps)} snapshots")
+    return EXIT_OK
+
+
+def cmd_restore(args: argparse.Namespace, settings: Settings) -> int:
+    from sidecar.repo.restore import restore_snapshot
+
+    repo = _open(args, settings)
+    snap = repo.find_snapshot(args.snapshot, args.app_id)
+    progress = _progress("restore", args)
+    if progress:
+        sources = [s for s in snap.sources if args.source in (None, s.name)]
+        progress.set_total(sum(s.stats.files for s in sources), sum(s.stats.bytes for s in sources))
+    try:
+        result = restore_snapshot(
+            repo,
+            snap,
+            args.target,
+            source=args.source,
+            delete=not args.no_delete,
+            progress=progress,
+            lock_wait=args.lock_wait,
+        )
+    finally:
+        if progress:
+            progress.finish()
+    if args.json:
+        _print_json(
+            {
+                "snapshot_id": snap.id,
+                "backup_id": snap.backup_id,
+                "files": result.files,
+                "bytes": result.bytes,
+                "errors": result.errors,
+                "warnings": result.warnings,
+            }
+        )
+    else:
+        for w in result.warnings:
+            print(f"warning: {w['path']}: {w['error']}", file=sys.stderr)
+        for e in result.errors:
+            print(f"error: {e['path']}: {e['error']}", file=sys.stderr)
+        print(
+            f"restored snapshot {snap.id[:8]} ({snap.backup_id}) to {args.target}:"
+            f" {result.files} files, {human_bytes(result.bytes)}"
+        )
+    if result.errors:
+        print(
+            f"error: BACKUP_CORRUPTED: {len(result.errors)} entries could not be restored (listed above)",
+            file=sys.stderr,
+        )
+        return EXIT_FAILED
+    return EXIT_WARNINGS if result.warnings else EXIT_OK
+
+
+def cmd_check(args: argparse.Namespace, settings: Settings) -> int:
+    from sidecar.repo.check import check_repository
+
+    repo = _open(args, settings)
+    with repo.lock("shared", "check", args.lock_wait):
+        report = check_repository(repo, args.read_data)
+    if args.json:
+        _print_json(report.to_json())
+    else:
+        for note in report.notes:
+            print(f"note: {note}")
+        for err in report.errors:
+            print(f"error: {err}")
+        for sid, entries in sorted(report.affected.items()):
+            for e in entries[:20]:
+                print(f"  snapshot {sid[:8]}: {e['source']}: {e['path']}: {e['reason']}")
+            if len(entries) > 20:
+                print(f"  snapshot {sid[:8]}: ... and {len(entries) - 20} more")
+        what = f", {report.packs_read} packs read" if args.read_data is not None else ""
+        print(
+            f"{report.snapshots} snapshots, {report.packs} packs, {report.blobs} blobs{what}: "
+            + ("no errors" if report.ok else f"{len(report.errors)} errors")
+        )
+    if not report.ok:
+        print("error: BACKUP_CORRUPTED: the repository has damage (see above)", file=sys.stderr)
+        return EXIT_FAILED
+    return EXIT_OK
+
+
+def cmd_forget(args: argparse.Namespace, settings: Settings) -> int:
+    from sidecar.repo.forget import plan_forget, remove_snapshots
+    from sidecar.repo.retention import RetentionPolicy
+
+    repo = _open(args, settings)
+    policy = RetentionPolicy(
+        days=args.keep_days,
+        last=args.keep_last,
+        hourly=args.keep_hourly,
+        daily=args.keep_daily,
+        weekly=args.keep_weekly,
+        monthly=args.keep_monthly,
+        yearly=args.keep_yearly,
+    )
+    if args.snapshots:
+        if not policy.empty:
+            raise InvalidRequest("give snapshot ids or --keep-* rules, not both")
+        doomed = [repo.find_snapshot(ref, args.app_id) for ref in args.snapshots]
+        report: dict = {"removed": [s.id for s in doomed]}
+        if not args.dry_run:
+            remove_snapshots(repo, [s.id for s in doomed], args.lock_wait)
+    else:
+        plan = plan_forget(repo, policy, app_id=args.app_id, allow_empty=args.allow_empty)
+        report = {"policy": policy.describe(), "apps": {}, "removed": []}
+        for app, decisions in plan.items():
+            report["apps"][app] = [
+                {"id": d.snapshot.id, "time": d.snapshot.to_json()["time"], "keep": d.keep, "reasons": list(d.reasons)}
+                for d in decisions
+            ]
+            report["removed"] += [d.snapshot.id for d in decisions if not d.keep]
+        if not args.dry_run:
+            remove_snapshots(repo, report["removed"], args.lock_wait)
+    prune_report = None
+    if args.prune and not args.dry_run and report["removed"]:
+        from sidecar.repo.prune import prune_repository
+
+        prune_report = prune_repository(repo, lock_wait=args.lock_wait).to_json()
+    if args.json:
+        _print_json({**report, "dry_run": args.dry_run, "prune": prune_report})
+        return EXIT_OK
+    for app, decisions in report.get("apps", {}).items():
+        print(f"app {app}:")
+        for d in decisions:
+            print(f"  {'keep  ' if d['keep'] else 'forget'} {d['id'][:8]} {d['time']}  {', '.join(d['reasons'])}")
+    verb = "would remove" if args.dry_run else "removed"
+    print(f"{verb} {len(report['removed'])} snapshots")
+    if prune_report:
+        print(f"prune: freed {human_bytes(prune_report['bytes_freed'])}")
+    return EXIT_OK
+
+
+def cmd_prune(args: argparse.Namespace, settings: Settings) -> int:
+    from sidecar.repo.prune import prune_repository
+
+    repo = _open(args, settings)
+    report = prune_repository(repo, max_unused_percent=args.max_unused, dry_run=args.dry_run, lock_wait=args.lock_wait)
+    if args.json:
+        _print_json(report.to_json())
+        return EXIT_OK
+    for note in report.notes:
+        print(f"note: {note}")
+    verb = "would free" if args.dry_run else "freed"
+    print(
+        f"{report.used_blobs} blobs in use; {report.packs_deleted} packs deleted, {report.packs_repacked}"
+        f" repacked into {report.packs_written}, {report.packs_kept} kept; {verb} {human_bytes(report.bytes_freed)}"
+    )
+    return EXIT_OK
+
+
+def cmd_export(args: argparse.Namespace, settings: Settings) -> int:
+    from sidecar.repo.export import export_snapshot
+
+    repo = _open(args, settings)
+    snap = repo.find_snapshot(args.snapshot, args.app_id)
+    warnings: list[str] = []
+    if args.output == "-":
+        count = export_snapshot(repo, snap, sys.stdout.buffer, source=args.source, warn=warnings.append)
+    else:
+        tmp = args.output + ".part"
+        try:
+            with open(tmp, "wb") as out:
+                count = export_snapshot(repo, snap, out, source=args.source, warn=warnings.append)
+            os.replace(tmp, args.output)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+    for w in warnings:
+        print(f"warning: {w}", file=sys.stderr)
+    print(f"exported snapshot {snap.id[:8]}: {count} entries to {args.output}", file=sys.stderr)
+    return EXIT_WARNINGS if warnings else EXIT_OK
+
+
+def cmd_key(args: argparse.Namespace, settings: Settings) -> int:
+    repo = _open(args, settings)
+    if args.key_command == "list":
+        keys = repo.list_keys()
+        if args.json:
+            _print_json(keys)
+        else:
+            for k in keys:
+                print(f"{'*' if k['current'] else ' '} {k['id'][:8]}  {k['created']}  {k['username']}@{k['hostname']}")
+    elif args.key_command == "add":
+        if args.new_password_file:
+            new = Path(args.new_password_file).read_bytes().rstrip(b"\r\n")
+        elif os.environ.get("BACKUP_NEW_ENCRYPTION_KEY"):
+            new = os.environ["BACKUP_NEW_ENCRYPTION_KEY"].encode()
+        else:
+            new = _prompt("new encryption key: ", confirm=True)
+        if not new:
+            raise InvalidRequest("the new encryption key must not be empty")
+        print(f"added key {repo.add_key(new)[:8]}")
+    elif args.key_command == "remove":
+        repo.remove_key(args.key_id)
+        print(f"removed key {args.key_id}")
+    elif args.key_command == "export":
+        print("# the master key of this repository: anyone with it can read every backup", file=sys.stderr)
+        _print_json({"repository": repo.config["id"], **repo.key.export()})
+    return EXIT_OK
+
+
+def cmd_unlock(args: argparse.Namespace, settings: Settings) -> int:
+    from sidecar.repo.locks import remove_stale_locks
+
+    repo = _open(args, settings)
+    removed = remove_stale_locks(repo.backend, repo.codec, remove_all=args.remove_all)
+    print(f"removed {len(removed)} lock(s)")
+    return EXIT_OK
+
+
+# ---- parser ---------------------------------------------------------------------------------
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--repo", help="repository: a path (default: BACKUP_REPOSITORY or <data dir>/repository)")
+    p.add_argument("--password-file", help="file holding the encryption key (default: BACKUP_ENCRYPTION_KEY)")
+    p.add_argument("--config", help="configuration file (reserved; settings come from the environment)")
+    p.add_argument("--debug", action="store_true", help="show tracebacks")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="websoft9-backup", description="Back up and restore the apps of a Docker host."
+    )
+    parser.add_argument("--version", action="version", version=f"websoft9-backup {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def command(name: str, handler: Handler, help_text: str) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        _common(p)
+        p.set_defaults(handler=handler)
+        return p
+
+    command("init", cmd_init, "create a repository")
+
+    p = command("backup", cmd_backup, "back up directories (or stdin) into one snapshot")
+    p.add_argument("--path", action="append", default=[], help="directory to back up (repeatable)")
+    p.add_argument("--stdin", metavar="NAME", help="also back up standard input as file NAME")
+    p.add_argument("--type", choices=["incremental", "full", "differential"], default="incremental")
+    p.add_argument("--app-id", help="app the snapshot belongs to (default: the first path)")
+    p.add_argument("--app-name", help="display name of the app (default: the app id)")
+    p.add_argument("--tag", action="append", default=[], help="tag (repeatable)")
+    p.add_argument("--description")
+    p.add_argument(
+        "--exclude",
+        action="append",
+        default=[],
+        metavar="GLOB",
+        help="skip entries matching GLOB (a name, or a path relative to the directory)",
+    )
+    p.add_argument("--lock-wait", type=float, default=600.0, metavar="SECONDS")
+    p.add_argument("--json", action="store_true", help="print one JSON summary")
+
+    p = command("snapshots", cmd_snapshots, "list snapshots")
+    p.add_argument("--app-id")
+    p.add_argument("--json", action="store_true")
+
+    p = command("restore", cmd_restore, "restore a snapshot into a directory")
+    p.add_argument("snapshot", help="snapshot id (or prefix), backup_id, or 'latest'")
+    p.add_argument("--target", required=True, help="directory to restore into (made exact unless --no-delete)")
+    p.add_argument("--source", help="restore only this source of the snapshot")
+    p.add_argument("--app-id", help="with 'latest': the latest snapshot of this app")
+    p.add_argument("--no-delete", action="store_true", help="keep files in the target that the snapshot lacks")
+    p.add_argument("--lock-wait", type=float, default=600.0, metavar="SECONDS")
+    p.add_argument("--json", action="store_true")
+
+    p = command("check", cmd_check, "verify the repository")
+    p.add_argument(
+        "--read-data",
+        nargs="?",
+        const=100.0,
+        type=float,
+        metavar="PERCENT",
+        help="also read and verify data (all, or PERCENT of the packs)",
+    )
+    p.add_argument("--lock-wait", type=float, default=600.0, metavar="SECONDS")
+    p.add_argument("--json", action="store_true")
+
+    p = command("forget", cmd_forget, "remove snapshots by retention policy or id")
+    p.add_argument("snapshots", nargs="*", help="snapshot ids to remove (instead of --keep-* rules)")
+    p.add_argument("--app-id", help="only this app's snapshots")
+    for rule in ("days", "last", "hourly", "daily", "weekly", "monthly", "yearly"):
+        p.add_argument(f"--keep-{rule}", type=int, default=0, metavar="N")
+    p.add_argument("--allow-empty", action="store_true", help="allow removing an app's last snapshot")
+    p.add_argument("--dry-run", action="store_true")
+    p.add_argument("--prune", action="store_true", help="run prune afterwards")
+    p.add_argument("--lock-wait", type=float, default=600.0, metavar="SECONDS")
+    p.add_argument("--json", action="store_true")
+
+    p = command("prune", cmd_prune, "free data no snapshot uses (exclusive lock)")
+    p.add_argument(
+        "--max-unused",
+        type=float,
+        default=50.0,
+        metavar="PERCENT",
+        help="repack a pack when more than PERCENT of it is unused (default 50)",
+    )
+    p.add_argument("--dry-run", action="store_true")
+    p.add_argument(
+        "--lock-wait",
+        type=float,
+        default=0.0,
+        metavar="SECONDS",
+        help="wait this long for running backups (default: refuse at once)",
+    )
+    p.add_argument("--json", action="store_true")
+
+    p = command("export", cmd_export, "write a snapshot as a portable tar")
+    p.add_argument("snapshot")
+    p.add_argument("--output", required=True, help="FILE.tar, or - for standard output")
+    p.add_argument("--source")
+    p.add_argument("--app-id")
+
+    p = command("key", cmd_key, "manage encryption keys")
+    p.add_argument("key_command", choices=["list", "add", "remove", "export"])
+    p.add_argument("key_id", nargs="?", help="key id (prefix) for remove")
+    p.add_argument("--new-password-file", help="file with the new key (add; default BACKUP_NEW_ENCRYPTION_KEY)")
+    p.add_argument("--master-key-file", help="open the repository with an exported master key instead")
+    p.add_argument("--json", action="store_true")
+
+    p = command("unlock", cmd_unlock, "remove stale locks")
+    p.add_argument("--remove-all", action="store_true", help="remove every lock, not only stale ones")
+    return parser
+
+
+def _on_sigterm(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt("terminated")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.debug else logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
+    )
+    signal.signal(signal.SIGTERM, _on_sigterm)
+    if args.command == "key" and args.key_command == "remove" and not args.key_id:
+        parser.error("key remove needs a key id")
+    try:
+        settings = Settings.from_env()
+        return args.handler(args, settings)
+    except BackupError as exc:
+        print(f"error: {exc.code}: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("error: interrupted; nothing was recorded for the unfinished operation", file=sys.stderr)
+        return 130
+    except Exception as exc:
+        if args.debug:
+            raise
+        print(f"error: unexpected {exc.__class__.__name__}: {exc} (run with --debug for details)", file=sys.stderr)
+        return EXIT_FAILED
+
+
+__all__ = ["main"]

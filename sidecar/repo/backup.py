@@ -1,0 +1,384 @@
+"""Back up directory trees and byte streams into one snapshot.
+
+The caller's thread walks the tree in tree order, decides which files changed
+since the parent snapshot and writes the listing; changed files go in batches
+to store worker processes (see `storeworker`) that read, chunk, hash,
+compress, seal and pack them. Every hand-over is bounded, so memory stays
+flat whatever the size of the data.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import os
+import socket
+import stat
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import BinaryIO, Protocol
+
+from sidecar import __version__
+from sidecar.errors import BackupCreateFailed, InvalidRequest
+from sidecar.repo import tree
+from sidecar.repo.blobwriter import BlobWriter, FileBatch
+from sidecar.repo.fsmeta import XattrReader, entry_from_stat
+from sidecar.repo.locks import SHARED
+from sidecar.repo.pack import DATA, TREE
+from sidecar.repo.repository import Repository
+from sidecar.repo.snapshot import BACKUP_TYPES, SnapshotRecord, SourceRecord, SourceStats, new_backup_id
+from sidecar.repo.walk import Walker
+
+log = logging.getLogger(__name__)
+
+BATCH_FILES = 64
+BATCH_BYTES = 4 << 20
+MAX_PENDING = 16384  # entries walked but not yet written to the listing
+
+
+class Progress(Protocol):
+    def add(self, files: int, nbytes: int) -> None: ...
+
+
+@dataclass
+class BackupOptions:
+    app_id: str
+    app_name: str | None = None
+    backup_type: str = "incremental"
+    tags: list[str] = field(default_factory=list)
+    description: str | None = None
+    hostname: str = field(default_factory=socket.gethostname)
+    lock_wait: float = 600.0
+    workers: int = field(default_factory=lambda: max(1, min(os.cpu_count() or 1, 8)))
+
+
+class _ParentCursor:
+    """Looks up walked paths in the parent's listing, which is in the same order."""
+
+    def __init__(self, entries: Iterator[dict]) -> None:
+        self._entries = entries
+        self._key: tuple[bytes, ...] | None = None
+        self._entry: dict | None = None
+        self._advance()
+
+    def _advance(self) -> None:
+        self._entry = next(self._entries, None)
+        self._key = None if self._entry is None else tree.path_key(tree.entry_path(self._entry))
+
+    def find(self, key: tuple[bytes, ...]) -> dict | None:
+        while self._key is not None and self._key < key:
+            self._advance()
+        return self._entry if self._key == key else None
+
+
+class BackupSession:
+    """Collects sources into one snapshot: `add_tree`/`add_stream`, then `commit`.
+    Used as a context manager, an exception aborts it and nothing is recorded."""
+
+    def __init__(self, repo: Repository, options: BackupOptions, progress: Progress | None = None) -> None:
+        if options.backup_type not in BACKUP_TYPES:
+            raise InvalidRequest(f"backup type must be one of {', '.join(BACKUP_TYPES)}, got {options.backup_type!r}")
+        if not options.app_id:
+            raise InvalidRequest("app_id must not be empty")
+        self.repo = repo
+        self.options = options
+        self.progress = progress
+        self.started = datetime.now(UTC)
+        self._t0 = time.monotonic()
+        self.sources: list[SourceRecord] = []
+        self.warnings: list[dict] = []
+        self._lock = repo.lock(SHARED, "backup", options.lock_wait)
+        self._stats: list[SourceStats] = []
+        self._writer: BlobWriter | None = None
+        try:
+            self.parent = self._choose_parent()
+            self.backup_type = options.backup_type if self.parent or options.backup_type == "full" else "full"
+            self._writer = BlobWriter(repo, self._stats, options.workers)
+        except BaseException:
+            self.abort()
+            raise
+
+    @property
+    def writer(self) -> BlobWriter:
+        assert self._writer is not None
+        return self._writer
+
+    def _choose_parent(self) -> SnapshotRecord | None:
+        if self.options.backup_type == "full":
+            return None
+        snaps = self.repo.list_snapshots(self.options.app_id)
+        if self.options.backup_type == "differential":
+            snaps = [s for s in snaps if s.backup_type == "full"]
+        return snaps[-1] if snaps else None
+
+    def __enter__(self) -> BackupSession:
+        return self
+
+    def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
+        if exc_type is not None:
+            self.abort()
+
+    # ---- sources ---------------------------------------------------------------------
+
+    def _new_stats(self) -> SourceStats:
+        stats = SourceStats()
+        self._stats.append(stats)
+        return stats
+
+    def _new_source_name(self, name: str) -> None:
+        if not name or any(s.name == name for s in self.sources):
+            raise InvalidRequest(f"source name {name!r} is empty or used twice in one backup")
+
+    def _parent_entries(self, name: str) -> _ParentCursor | None:
+        if self.parent is None or self.backup_type == "full":
+            return None
+        source = self.parent.source(name)
+        if source is None:
+            return None
+        ids = [bytes.fromhex(h) for h in source.tree]
+        return _ParentCursor(tree.read_tree(ids, self.repo.load_blob))
+
+    def _warn(self, source: str, path: bytes, message: str) -> None:
+        text = path.decode("utf-8", "backslashreplace")
+        log.warning("%s: %s: %s (skipped)", source, text, message)
+        self.warnings.append({"source": source, "path": text, "error": message})
+
+    def add_tree(
+        self, name: str, root: str | bytes, kind: str = "path", excludes: tuple[str, ...] = ()
+    ) -> SourceRecord:
+        """Back up the directory `root` as source `name`."""
+        self._new_source_name(name)
+        root_b = os.fsencode(root)
+        try:
+            st = os.lstat(root_b)
+        except OSError as exc:
+            raise BackupCreateFailed(f"cannot read {os.fsdecode(root_b)}: {exc.strerror}") from None
+        if not stat.S_ISDIR(st.st_mode):
+            raise BackupCreateFailed(f"{os.fsdecode(root_b)} is not a directory")
+        stats = self._new_stats()
+        tree_ids = _TreeScan(self, name, root_b, stats, excludes).run()
+        record = SourceRecord(name, kind, [i.hex() for i in tree_ids], stats, root_path=os.fsdecode(root_b))
+        self.sources.append(record)
+        return record
+
+    def add_stream(
+        self,
+        name: str,
+        stream: BinaryIO,
+        filename: str,
+        kind: str = "stream",
+        engine: str | None = None,
+        mode: int = 0o600,
+    ) -> SourceRecord:
+        """Back up a byte stream (a database dump) as one file `filename` of source `name`."""
+        self._new_source_name(name)
+        tree.check_relative(filename.encode())
+        stats = self._new_stats()
+        key = len(self._stats) - 1
+        blobs: list[str] = []
+        size = 0
+        for chunk in self.repo.chunker.split_stream(stream):
+            blobs.append(self.writer.store(DATA, chunk, key).hex())
+            size += len(chunk)
+            if self.progress:
+                self.progress.add(0, len(chunk))
+        now_ns = time.time_ns()
+        entry = {
+            "path": filename,
+            "type": tree.FILE,
+            "mode": mode,
+            "uid": os.getuid(),
+            "gid": os.getgid(),
+            "mtime_ns": now_ns,
+            "size": size,
+            "blobs": blobs,
+        }
+        stats.files, stats.bytes = 1, size
+        listing = tree.TreeWriter(self.repo.chunker, lambda data: self.writer.store(TREE, data, key))
+        listing.add(entry)
+        ids = listing.finish()
+        record = SourceRecord(name, kind, [i.hex() for i in ids], stats, engine=engine)
+        self.sources.append(record)
+        if self.progress:
+            self.progress.add(1, 0)
+        return record
+
+    # ---- finishing -------------------------------------------------------------------
+
+    def commit(self) -> SnapshotRecord:
+        """Store all data and its index, then the snapshot record."""
+        if not self.sources:
+            raise InvalidRequest("nothing to back up: no sources were added")
+        try:
+            self.writer.finish()
+            self._lock.check()
+            record = SnapshotRecord(
+                backup_id=new_backup_id(self.started),
+                app_id=self.options.app_id,
+                app_name=self.options.app_name or self.options.app_id,
+                time=self.started,
+                backup_type=self.backup_type,
+                hostname=self.options.hostname,
+                sources=self.sources,
+                parent=self.parent.id if self.parent else None,
+                tags=list(self.options.tags),
+                description=self.options.description,
+                warnings=self.warnings,
+                duration_s=time.monotonic() - self._t0,
+                program_version=__version__,
+            )
+            record.id = self.repo.save_json("snapshots", record.to_json())
+        except BaseException:
+            self.abort()
+            raise
+        self._lock.release()
+        return record
+
+    def abort(self) -> None:
+        if self._writer is not None:
+            self._writer.abort()
+        self._lock.release()
+
+
+class _TreeScan:
+    """One directory source: walk, compare with the parent, batch reads, write the listing."""
+
+    def __init__(
+        self, session: BackupSession, name: str, root: bytes, stats: SourceStats, excludes: tuple[str, ...]
+    ) -> None:
+        self.session = session
+        self.name = name
+        self.stats = stats
+        self.key = len(session._stats) - 1
+        self.writer = session.writer
+        self.walker = Walker(root, excludes, on_error=lambda p, m: session._warn(name, p, m))
+        self.index = session.repo.index()
+        self.parent = session._parent_entries(name)
+        self.listing = tree.TreeWriter(session.repo.chunker, lambda data: self.writer.store(TREE, data, self.key))
+        self.xattrs = XattrReader()
+        self.links: dict[tuple[int, int], bytes] = {}
+        self.skipped: set[bytes] = set()
+        # (entry, batch it waits for, its place in the batch)
+        self.pending: collections.deque[tuple[dict, FileBatch | None, int]] = collections.deque()
+        self.batch = FileBatch(self.key)
+
+    def _flush_batch(self) -> None:
+        if self.batch.files:
+            self.writer.submit_files(self.batch)
+            self.batch = FileBatch(self.key)
+
+    def _reusable(self, entry: dict, rel_key: tuple[bytes, ...]) -> list[str] | None:
+        if self.parent is None:
+            return None
+        old = self.parent.find(rel_key)
+        if (
+            old is None
+            or old["type"] != tree.FILE
+            or old.get("size") != entry["size"]
+            or old.get("mtime_ns") != entry["mtime_ns"]
+            or old.get("inode") != entry["inode"]
+            or old.get("ctime_ns") != entry["ctime_ns"]
+        ):
+            return None
+        blobs = old.get("blobs", [])
+        index = self.index
+        if all(bytes.fromhex(h) in index for h in blobs):
+            return blobs
+        return None  # some of its data is gone from the repository: read it again
+
+    def run(self) -> list[bytes]:
+        pending = self.pending
+        for rel, path, st in self.walker:
+            entry = entry_from_stat(rel, st)
+            kind = entry["type"]
+            xattrs = self.xattrs.read(path, st.st_dev)
+            if xattrs:
+                entry["xattrs"] = xattrs
+            batch, place = None, 0
+            if kind == tree.FILE:
+                if st.st_nlink > 1:
+                    first = self.links.get((st.st_dev, st.st_ino))
+                    if first is not None:
+                        pending.append((self._hardlink(entry, rel, first), None, 0))
+                        self._emit_ready()
+                        continue
+                    self.links[(st.st_dev, st.st_ino)] = rel
+                blobs = self._reusable(entry, tree.path_key(rel))
+                if blobs is not None:
+                    entry["blobs"] = blobs
+                    self.stats.reused_files += 1
+                else:
+                    batch = self.batch
+                    place = len(batch.files)
+                    batch.files.append((path, st.st_size))
+                    batch.nbytes += st.st_size
+                    if len(batch.files) >= BATCH_FILES or batch.nbytes >= BATCH_BYTES:
+                        self._flush_batch()
+            elif kind == tree.SYMLINK:
+                try:
+                    tree.put_name(entry, "target", os.readlink(path))
+                except OSError as exc:
+                    self.session._warn(self.name, rel, f"cannot read link: {exc.strerror}")
+                    continue
+            pending.append((entry, batch, place))
+            self._emit_ready()
+            if len(pending) > MAX_PENDING:
+                self._wait_head()
+        self._flush_batch()
+        while pending:
+            self._wait_head()
+        return self.listing.finish()
+
+    @staticmethod
+    def _hardlink(entry: dict, rel: bytes, first: bytes) -> dict:
+        link = {k: entry[k] for k in ("mode", "uid", "gid", "mtime_ns")}
+        tree.put_name(link, "path", rel)
+        link["type"] = tree.HARDLINK
+        tree.put_name(link, "link", first)
+        return link
+
+    def _wait_head(self) -> None:
+        batch = self.pending[0][1]
+        if batch is not None:
+            if batch is self.batch:
+                self._flush_batch()
+            batch.done.wait()
+        self._emit_ready()
+
+    def _emit_ready(self) -> None:
+        pending = self.pending
+        stats = self.stats
+        progress = self.session.progress
+        while pending:
+            entry, batch, place = pending[0]
+            if batch is not None:
+                if not batch.done.is_set():
+                    return
+                if batch.error is not None:
+                    raise batch.error
+                blobs, detail = batch.results[place]
+                if blobs is None:
+                    entry["_error"] = detail
+                else:
+                    entry["blobs"] = blobs
+                    entry["size"] = detail
+            pending.popleft()
+            kind = entry["type"]
+            if "_error" in entry or (kind == tree.HARDLINK and tree.get_name(entry, "link") in self.skipped):
+                path = tree.entry_path(entry)
+                self.skipped.add(path)
+                stats.skipped += 1
+                self.session._warn(self.name, path, entry.get("_error", "its hard link target was skipped"))
+                continue
+            if kind == tree.FILE:
+                stats.files += 1
+                stats.bytes += entry["size"]
+                if progress:
+                    progress.add(1, entry["size"])
+            elif kind == tree.DIR:
+                stats.dirs += 1
+            else:
+                stats.other += 1
+            self.listing.add(entry)

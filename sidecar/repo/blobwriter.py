@@ -1,0 +1,248 @@
+"""The parent's side of the store workers: it owns the dedup decisions (which
+blob ids are new) and the index, hands out batches of files and finished
+blobs, and writes index files as packs are stored.
+
+Packs are stored before any index names them, and index files are written as
+packs accumulate, so a crash loses at most the last few packs and the next
+backup reuses everything an index already lists.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import socket
+import subprocess
+import sys
+import threading
+from collections.abc import Callable
+from multiprocessing.connection import Connection
+from typing import Any
+
+from sidecar.errors import BackupCreateFailed
+from sidecar.repo.index import index_document
+from sidecar.repo.memory import trim
+from sidecar.repo.pack import PackEntry
+from sidecar.repo.repository import Repository
+from sidecar.repo.snapshot import SourceStats
+
+log = logging.getLogger(__name__)
+
+INDEX_EVERY_PACKS = 32
+MAX_BATCHES_PER_WORKER = 3
+FileResult = tuple[list[str] | None, Any]  # (blob hex ids, size) or (None, error message)
+
+
+class FileBatch:
+    """Files for one worker; `results` is filled in when `done` is set."""
+
+    __slots__ = ("done", "error", "files", "nbytes", "results", "source")
+
+    def __init__(self, source: int) -> None:
+        self.source = source
+        self.files: list[tuple[bytes, int]] = []
+        self.nbytes = 0
+        self.results: list[FileResult] = []
+        self.done = threading.Event()
+        self.error: BaseException | None = None
+
+
+class _WorkerHandle:
+    """A store worker process and the socket to it. Started with `python -m` (not
+    multiprocessing's spawn, which would re-import the caller's main module)."""
+
+    def __init__(self) -> None:
+        parent, child = socket.socketpair()
+        with child:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "sidecar.repo.storeworker", str(child.fileno())],
+                pass_fds=(child.fileno(),),
+                stdin=subprocess.DEVNULL,
+            )
+        self.conn = Connection(parent.detach())
+        self.send_lock = threading.Lock()
+        self.inflight: dict[int, FileBatch] = {}
+        self.flushed = threading.Event()
+        self.thread: threading.Thread | None = None
+
+    def send(self, msg: tuple) -> None:
+        with self.send_lock:
+            self.conn.send(msg)
+
+
+class BlobWriter:
+    def __init__(self, repo: Repository, sources: list[SourceStats], workers: int = 2) -> None:
+        self._repo = repo
+        self._sources = sources  # stats by source key (index in this list)
+        self._index = repo.index()
+        self._lock = threading.Lock()
+        self._slots = threading.Condition(self._lock)
+        self._claimed: set[bytes] = set()
+        self._unindexed: list[tuple[str, list[PackEntry]]] = []
+        self._batch_no = 0
+        self.index_ids: list[str] = []
+        self.error: BaseException | None = None
+        config = {
+            "key": repo.key.export(),
+            "level": repo.codec.level,
+            "chunker": repo.chunker.params.to_json(),
+            "repository": repo.backend.location,
+            "pack_size": repo.pack_size,
+        }
+        self._workers = [_WorkerHandle() for _ in range(max(1, workers))]
+        for w in self._workers:
+            w.send(("init", config))
+            w.thread = threading.Thread(target=self._listen, args=(w,), name="store-listen", daemon=True)
+            w.thread.start()
+        self._next = 0
+
+    # ---- dedup -----------------------------------------------------------------------
+
+    def claim(self, blob_id: bytes) -> bool:
+        """True when the caller must store this blob: nobody has it yet."""
+        with self._lock:
+            if blob_id in self._claimed or blob_id in self._index:
+                return False
+            self._claimed.add(blob_id)
+            return True
+
+    def _claim_many(self, candidates: list[tuple[bytes, int]], source: int) -> list[bool]:
+        stats = self._sources[source] if source >= 0 else None
+        out = []
+        with self._lock:
+            claimed, index = self._claimed, self._index
+            for blob_id, length in candidates:
+                new = blob_id not in claimed and blob_id not in index
+                if new:
+                    claimed.add(blob_id)
+                    if stats is not None:
+                        stats.new_blobs += 1
+                        stats.added_bytes += length
+                out.append(new)
+        return out
+
+    # ---- handing out work ------------------------------------------------------------
+
+    def _check(self) -> None:
+        if self.error is not None:
+            raise self.error
+
+    def _pick_worker(self) -> _WorkerHandle:
+        """The worker with the fewest batches in flight; waits while all are busy."""
+        with self._slots:
+            while True:
+                self._check()
+                best = min(self._workers, key=lambda w: len(w.inflight))
+                if len(best.inflight) < MAX_BATCHES_PER_WORKER:
+                    return best
+                self._slots.wait(0.5)
+
+    def submit_files(self, batch: FileBatch) -> None:
+        worker = self._pick_worker()
+        with self._lock:
+            self._batch_no += 1
+            number = self._batch_no
+            worker.inflight[number] = batch
+        worker.send(("files", number, batch.source, batch.files))
+
+    def store(self, blob_type: int, data: bytes, source: int) -> bytes:
+        """Store one blob made here (listings, streams); returns its id."""
+        blob_id = self._repo.key.blob_id(data)
+        if self._claim_many([(blob_id, len(data))], source)[0]:
+            self._check()
+            worker = self._workers[self._next % len(self._workers)]
+            self._next += 1
+            worker.send(("blobs", source, [(blob_id, blob_type, data)]))
+        return blob_id
+
+    # ---- what the workers say ----------------------------------------------------------
+
+    def _listen(self, worker: _WorkerHandle) -> None:
+        try:
+            while True:
+                msg = worker.conn.recv()
+                kind = msg[0]
+                if kind == "claim":
+                    worker.send(("claimed", self._claim_many(msg[2], msg[1])))
+                elif kind == "done":
+                    with self._slots:
+                        batch = worker.inflight.pop(msg[1])
+                        self._slots.notify_all()
+                    batch.results = msg[2]
+                    batch.done.set()
+                elif kind == "pack":
+                    self._pack_stored(msg[1], msg[2], msg[3])
+                elif kind == "flushed":
+                    worker.flushed.set()
+                elif kind == "error":
+                    self._fail(msg[1])
+                    return
+        except (EOFError, OSError) as exc:
+            if self.error is None and not worker.flushed.is_set():
+                self._fail(BackupCreateFailed(f"a store worker stopped unexpectedly ({exc.__class__.__name__})"))
+        except BaseException as exc:
+            self._fail(exc)
+
+    def _pack_stored(self, pack_id: str, entries: list[tuple], stored: dict[int, int]) -> None:
+        pack_entries = [PackEntry(*e) for e in entries]
+        with self._lock:
+            for e in pack_entries:
+                self._index.add(e.blob_id, pack_id, e)
+            for source, nbytes in stored.items():
+                if source >= 0:
+                    self._sources[source].stored_bytes += nbytes
+            self._unindexed.append((pack_id, pack_entries))
+            full = len(self._unindexed) >= INDEX_EVERY_PACKS
+        if full:
+            self._write_index()
+        trim()
+
+    def _write_index(self) -> None:
+        with self._lock:
+            packs, self._unindexed = self._unindexed, []
+        if packs:
+            self.index_ids.append(self._repo.save_json("index", index_document(packs)))
+
+    def _fail(self, exc: BaseException) -> None:
+        with self._slots:
+            if self.error is None:
+                self.error = exc
+            batches = [b for w in self._workers for b in w.inflight.values()]
+            self._slots.notify_all()
+        for batch in batches:
+            batch.error = exc
+            batch.done.set()
+        for w in self._workers:
+            w.flushed.set()
+
+    # ---- finishing -----------------------------------------------------------------------
+
+    def finish(self) -> None:
+        """Store everything handed out, then index it. Raises the first worker error."""
+        self._check()
+        for w in self._workers:
+            w.flushed.clear()
+            w.send(("flush",))
+        for w in self._workers:
+            w.flushed.wait()
+        self._check()
+        self._write_index()
+        self._stop(lambda w: w.send(("stop",)))
+
+    def abort(self) -> None:
+        """Stop the workers; what they staged but did not store is removed by them."""
+        self._fail(self.error or RuntimeError("aborted"))
+        self._stop(lambda w: w.conn.close())
+
+    def _stop(self, how: Callable[[_WorkerHandle], None]) -> None:
+        for w in self._workers:
+            with contextlib.suppress(OSError):
+                how(w)
+        for w in self._workers:
+            try:
+                w.process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                w.process.kill()
+                w.process.wait()
+            if w.thread is not None:
+                w.thread.join(timeout=5)

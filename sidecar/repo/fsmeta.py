@@ -1,0 +1,124 @@
+"""File system metadata <-> tree entries: what a backup records about an entry
+(type, mode, owner, times, xattrs) and how a restore puts it back."""
+
+from __future__ import annotations
+
+import base64
+import errno
+import os
+import stat
+from collections.abc import Callable
+
+from sidecar.repo import tree
+
+_NO_XATTRS = (errno.ENOTSUP, errno.EOPNOTSUPP, errno.ENOSYS)
+
+
+def entry_from_stat(rel: bytes, st: os.stat_result) -> dict:
+    """A tree entry for an lstat result, without content (files) or link target."""
+    entry: dict = {}
+    tree.put_name(entry, "path", rel)
+    mode = st.st_mode
+    if stat.S_ISREG(mode):
+        entry["type"] = tree.FILE
+    elif stat.S_ISDIR(mode):
+        entry["type"] = tree.DIR
+    elif stat.S_ISLNK(mode):
+        entry["type"] = tree.SYMLINK
+    elif stat.S_ISFIFO(mode):
+        entry["type"] = tree.FIFO
+    elif stat.S_ISSOCK(mode):
+        entry["type"] = tree.SOCKET
+    else:
+        entry["type"] = tree.DEVICE
+        entry["device"] = "char" if stat.S_ISCHR(mode) else "block"
+        entry["rdev"] = [os.major(st.st_rdev), os.minor(st.st_rdev)]
+    entry["mode"] = stat.S_IMODE(mode)
+    entry["uid"] = st.st_uid
+    entry["gid"] = st.st_gid
+    entry["mtime_ns"] = st.st_mtime_ns
+    if entry["type"] == tree.FILE:
+        entry["size"] = st.st_size
+        entry["inode"] = st.st_ino
+        entry["ctime_ns"] = st.st_ctime_ns
+    return entry
+
+
+class XattrReader:
+    """Reads extended attributes, remembering file systems that have none."""
+
+    def __init__(self) -> None:
+        self._unsupported: set[int] = set()
+
+    def read(self, path: bytes, device: int) -> list[list[str]] | None:
+        if device in self._unsupported:
+            return None
+        try:
+            names = os.listxattr(path, follow_symlinks=False)
+        except OSError as exc:
+            if exc.errno in _NO_XATTRS:
+                self._unsupported.add(device)
+            return None
+        if not names:
+            return None
+        out = []
+        for name in sorted(names):
+            try:
+                value = os.getxattr(path, name, follow_symlinks=False)
+            except OSError:
+                continue  # unreadable (e.g. a security.* name we may not read): skip it
+            out.append(
+                [base64.b64encode(name.encode("utf-8", "surrogateescape")).decode(), base64.b64encode(value).decode()]
+            )
+        return out or None
+
+
+def decode_xattrs(entry: dict) -> list[tuple[str, bytes]]:
+    return [
+        (base64.b64decode(n).decode("utf-8", "surrogateescape"), base64.b64decode(v))
+        for n, v in entry.get("xattrs", ())
+    ]
+
+
+class MetadataWriter:
+    """Applies owner, xattrs, mode and mtime. Owners are set only as root;
+    failures go to `warn(path, message)` and never stop a restore."""
+
+    def __init__(self, warn: Callable[[bytes, str], None]) -> None:
+        self._warn = warn
+        self._root = os.geteuid() == 0
+
+    def apply_fd(self, fd: int, path: bytes, entry: dict) -> None:
+        """For a regular file being written: chown, xattrs, chmod, times."""
+        if self._root:
+            os.fchown(fd, entry["uid"], entry["gid"])
+        self._xattrs(fd, path, entry)
+        os.fchmod(fd, entry["mode"])  # after chown: chown clears setuid/setgid
+        mtime = entry["mtime_ns"]
+        os.utime(fd, ns=(mtime, mtime))
+
+    def apply_path(self, path: bytes, entry: dict) -> None:
+        """For directories, symlinks and special files, by path (never following a symlink)."""
+        is_link = entry["type"] == tree.SYMLINK
+        try:
+            if self._root:
+                os.chown(path, entry["uid"], entry["gid"], follow_symlinks=False)
+            if not is_link:
+                self._xattrs(path, path, entry)
+                os.chmod(path, entry["mode"])
+            mtime = entry["mtime_ns"]
+            os.utime(path, ns=(mtime, mtime), follow_symlinks=False)
+        except OSError as exc:
+            self._warn(path, f"cannot set metadata: {exc.strerror}")
+
+    def _xattrs(self, target: int | bytes, path: bytes, entry: dict) -> None:
+        if "xattrs" not in entry:
+            return
+        for name, value in decode_xattrs(entry):
+            try:
+                if isinstance(target, int):
+                    os.setxattr(target, name, value)
+                else:
+                    os.setxattr(target, name, value, follow_symlinks=False)
+            except OSError as exc:
+                self._warn(path, f"cannot set xattr {name}: {exc.strerror}")

@@ -1,0 +1,27 @@
+"""Give freed heap memory back to the system.
+
+glibc keeps freed blocks in its arenas; with several threads handing large
+buffers around, a long backup's resident size would keep the high-water mark
+of every arena. `trim()` (malloc_trim) returns whole free pages; the pipeline
+calls it after each stored pack, which keeps memory flat.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+
+_libc = None
+try:
+    _path = ctypes.util.find_library("c")
+    if _path:
+        _lib = ctypes.CDLL(_path)
+        if hasattr(_lib, "malloc_trim"):
+            _libc = _lib
+except OSError:  # not glibc (e.g. musl): nothing to trim
+    _libc = None
+
+
+def trim() -> None:
+    if _libc is not None:
+        _libc.malloc_trim(0)

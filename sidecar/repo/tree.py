@@ -1,0 +1,123 @@
+"""Trees: the sorted JSON-lines listing of one source.
+
+One JSON object per line, in depth-first order with siblings sorted by the
+bytes of their names (the root is "."). The text is chunked like file data, so
+an unchanged part of a listing is stored once. Entries are plain dicts on the
+hot path; the helpers here hide the bytes/str details of names.
+"""
+
+from __future__ import annotations
+
+import base64
+from collections.abc import Callable, Iterator
+
+import orjson
+
+from sidecar.errors import IntegrityError
+from sidecar.repo.chunker import Chunker
+
+FILE = "file"
+DIR = "dir"
+SYMLINK = "symlink"
+HARDLINK = "hardlink"
+FIFO = "fifo"
+DEVICE = "device"
+SOCKET = "socket"
+TYPES = frozenset({FILE, DIR, SYMLINK, HARDLINK, FIFO, DEVICE, SOCKET})
+
+
+def put_name(entry: dict, key: str, raw: bytes) -> None:
+    """Store a path-like value as UTF-8 text when it is valid UTF-8, else as `<key>_b64`."""
+    try:
+        entry[key] = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        entry[key + "_b64"] = base64.b64encode(raw).decode("ascii")
+
+
+def get_name(entry: dict, key: str) -> bytes | None:
+    text = entry.get(key)
+    if text is not None:
+        return text.encode("utf-8")
+    b64 = entry.get(key + "_b64")
+    return None if b64 is None else base64.b64decode(b64)
+
+
+def entry_path(entry: dict) -> bytes:
+    path = get_name(entry, "path")
+    if path is None:
+        raise IntegrityError("tree entry without a path")
+    return path
+
+
+def path_key(path: bytes) -> tuple[bytes, ...]:
+    """Sort key of the tree order: depth-first, siblings by name bytes."""
+    return () if path == b"." else tuple(path.split(b"/"))
+
+
+def check_relative(path: bytes) -> bytes:
+    """Refuse paths that could escape a restore target ("..", absolute, empty parts)."""
+    if path == b".":
+        return path
+    parts = path.split(b"/")
+    if not path or path.startswith(b"/") or b"\0" in path or any(p in (b"", b".", b"..") for p in parts):
+        raise IntegrityError(f"unsafe path in tree: {path!r}")
+    return path
+
+
+def encode_entry(entry: dict) -> bytes:
+    return orjson.dumps(entry, option=orjson.OPT_APPEND_NEWLINE)
+
+
+class TreeWriter:
+    """Turns entries into JSON lines and hands content-defined chunks of the
+    text to `store(chunk) -> blob id` as the listing grows."""
+
+    def __init__(self, chunker: Chunker, store: Callable[[bytes], bytes]) -> None:
+        self._chunker = chunker
+        self._store = store
+        self._buffer = bytearray()
+        self._flush_at = 2 * chunker.params.max_size
+        self.blob_ids: list[bytes] = []
+        self.count = 0
+
+    def add(self, entry: dict) -> None:
+        self._buffer += encode_entry(entry)
+        self.count += 1
+        if len(self._buffer) >= self._flush_at:
+            self._cut(final=False)
+
+    def _cut(self, final: bool) -> None:
+        data = bytes(self._buffer)
+        chunks = list(self._chunker.split_buffer(data))
+        keep = 0 if final else len(chunks[-1])
+        for chunk in chunks if final else chunks[:-1]:
+            self.blob_ids.append(self._store(bytes(chunk)))
+        self._buffer = bytearray(data[len(data) - keep :]) if keep else bytearray()
+
+    def finish(self) -> list[bytes]:
+        if self._buffer:
+            self._cut(final=True)
+        return self.blob_ids
+
+
+def read_tree(blob_ids: list[bytes], load_blob: Callable[[bytes], bytes]) -> Iterator[dict]:
+    """Entries of a tree, in order, loading one chunk of text at a time."""
+    carry = b""
+    for blob_id in blob_ids:
+        data = carry + load_blob(blob_id)
+        lines = data.split(b"\n")
+        carry = lines.pop()
+        for line in lines:
+            yield _parse(line)
+    if carry:
+        raise IntegrityError("tree text does not end with a newline")
+
+
+def _parse(line: bytes) -> dict:
+    try:
+        entry = orjson.loads(line)
+    except orjson.JSONDecodeError as exc:
+        raise IntegrityError(f"damaged tree line: {exc}") from None
+    if not isinstance(entry, dict) or entry.get("type") not in TYPES:
+        raise IntegrityError(f"tree line is not an entry: {line[:80]!r}")
+    return entry

@@ -1,0 +1,82 @@
+"""Walk a directory in tree order: depth first, siblings sorted by name bytes."""
+
+from __future__ import annotations
+
+import os
+import re
+import stat
+from collections.abc import Callable, Iterator
+from fnmatch import translate
+
+
+def compile_excludes(patterns: tuple[str, ...]) -> Callable[[bytes, bytes], bool] | None:
+    """Globs relative to the source root. A pattern with a `/` matches the whole
+    relative path (`cache/*`, `/tmp`); one without matches any entry's name (`*.log`)."""
+    if not patterns:
+        return None
+    by_name, by_path = [], []
+    for pattern in patterns:
+        pattern = pattern.strip()
+        if not pattern:
+            continue
+        if "/" in pattern.strip("/") or pattern.startswith("/"):
+            by_path.append(translate(pattern.strip("/")))
+        else:
+            by_name.append(translate(pattern))
+    name_re = re.compile("|".join(by_name)) if by_name else None
+    path_re = re.compile("|".join(by_path)) if by_path else None
+
+    def excluded(rel: bytes, name: bytes) -> bool:
+        if name_re and name_re.match(name.decode("utf-8", "surrogateescape")):
+            return True
+        return bool(path_re and path_re.match(rel.decode("utf-8", "surrogateescape")))
+
+    return excluded
+
+
+class Walker:
+    """Yields (relative path, absolute path, lstat) for the root (".") and all below.
+    Entries that cannot be read are reported to `on_error(path, message)` and skipped."""
+
+    def __init__(
+        self, root: bytes, excludes: tuple[str, ...] = (), on_error: Callable[[bytes, str], None] = lambda p, m: None
+    ) -> None:
+        self.root = root
+        self.excluded = compile_excludes(excludes)
+        self.on_error = on_error
+
+    def _children(self, path: bytes, rel: bytes) -> Iterator[tuple[bytes, bytes, os.stat_result]]:
+        try:
+            with os.scandir(path) as it:
+                entries = sorted(it, key=lambda e: e.name)
+        except OSError as exc:
+            self.on_error(rel, f"cannot list directory: {exc.strerror}")
+            return iter(())
+        return self._stat_all(entries, rel)
+
+    def _stat_all(self, entries: list[os.DirEntry[bytes]], rel: bytes) -> Iterator[tuple[bytes, bytes, os.stat_result]]:
+        prefix = b"" if rel == b"." else rel + b"/"
+        excluded = self.excluded
+        for e in entries:
+            child_rel = prefix + e.name
+            if excluded is not None and excluded(child_rel, e.name):
+                continue
+            try:
+                st = e.stat(follow_symlinks=False)
+            except OSError as exc:
+                self.on_error(child_rel, f"cannot stat: {exc.strerror}")
+                continue
+            yield child_rel, e.path, st
+
+    def __iter__(self) -> Iterator[tuple[bytes, bytes, os.stat_result]]:
+        st = os.lstat(self.root)
+        yield b".", self.root, st
+        stack = [self._children(self.root, b".")]
+        while stack:
+            for rel, path, st in stack[-1]:
+                yield rel, path, st
+                if stat.S_ISDIR(st.st_mode):
+                    stack.append(self._children(path, rel))
+                    break
+            else:
+                stack.pop()
