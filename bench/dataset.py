@@ -18,6 +18,7 @@ the same bytes and metadata. Layout:
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import random
 import stat
@@ -55,10 +56,8 @@ def _write(path: bytes, data: bytes, mode: int = 0o644, owner: int | None = None
 
 
 def _xattr(path: bytes, name: str, value: bytes) -> None:
-    try:
+    with contextlib.suppress(OSError):  # no user xattrs on this file system: the case is simply absent
         os.setxattr(path, name, value, follow_symlinks=False)
-    except OSError:
-        pass  # file system without user xattrs: the case is simply absent
 
 
 def create(root: str, size_mb: float = 20, seed: int = 1) -> None:

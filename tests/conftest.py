@@ -1,0 +1,112 @@
+"""Fixtures shared by the tests: run the CLI, make repositories and data sets."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))  # bench.dataset and bench.treecompare
+
+from bench import dataset, treecompare  # noqa: E402
+
+PASSWORD = "correct horse battery staple"
+
+
+@dataclass
+class CliResult:
+    code: int
+    out: str
+    err: str
+
+    def json(self):
+        return json.loads(self.out)
+
+
+def run_cli(
+    *args: str,
+    password: str | None = PASSWORD,
+    env: dict | None = None,
+    input: bytes | None = None,
+    timeout: float = 300,
+) -> CliResult:
+    """Run `python -m sidecar ARGS` as a user would, with the passphrase in the environment."""
+    full_env = {k: v for k, v in os.environ.items() if not k.startswith("BACKUP_")}
+    if password is not None:
+        full_env["BACKUP_ENCRYPTION_KEY"] = password
+    full_env.update(env or {})
+    proc = subprocess.run(
+        [sys.executable, "-m", "sidecar", *map(str, args)],
+        input=input,
+        capture_output=True,
+        env=full_env,
+        timeout=timeout,
+        cwd=ROOT,
+    )
+    return CliResult(proc.returncode, proc.stdout.decode(errors="replace"), proc.stderr.decode(errors="replace"))
+
+
+@pytest.fixture
+def cli():
+    return run_cli
+
+
+@pytest.fixture
+def repo(tmp_path: Path) -> Path:
+    """An initialised, empty repository."""
+    path = tmp_path / "repo"
+    result = run_cli("init", "--repo", path)
+    assert result.code == 0, result.err
+    return path
+
+
+@pytest.fixture(scope="session")
+def dataset_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A 6 MiB data set made once per session; copy it (`copy_tree`) before changing it."""
+    path = tmp_path_factory.mktemp("template") / "data"
+    dataset.create(str(path), size_mb=6, seed=1)
+    return path
+
+
+def copy_tree(src: Path, dst: Path) -> Path:
+    """An exact copy (owners, modes, times, links, xattrs) with cp -a."""
+    subprocess.run(["cp", "-a", "--", str(src), str(dst)], check=True)
+    return dst
+
+
+@pytest.fixture
+def data(dataset_template: Path, tmp_path: Path) -> Path:
+    """A private copy of the session data set, free to change."""
+    return copy_tree(dataset_template, tmp_path / "data")
+
+
+def assert_same_tree(original: Path, restored: Path) -> None:
+    problems = treecompare.compare(str(original), str(restored))
+    assert not problems, "\n".join(problems[:30])
+
+
+@pytest.fixture
+def same_tree():
+    return assert_same_tree
+
+
+@pytest.fixture
+def snapshot_copy(tmp_path: Path):
+    """Keep a copy of a tree as it is now (to compare a later restore against)."""
+    counter = iter(range(1000))
+
+    def take(src: Path) -> Path:
+        return copy_tree(src, tmp_path / f"state-{next(counter)}")
+
+    return take
+
+
+def is_root() -> bool:
+    return os.geteuid() == 0
