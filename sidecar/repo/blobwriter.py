@@ -186,8 +186,10 @@ class BlobWriter:
     def _pack_stored(self, pack_id: str, entries: list[tuple], stored: dict[int, int]) -> None:
         pack_entries = [PackEntry(*e) for e in entries]
         with self._lock:
+            claimed = self._claimed
             for e in pack_entries:
                 self._index.add(e.blob_id, pack_id, e)
+                claimed.discard(e.blob_id)  # the index knows it now; keep the claim set small
             for source, nbytes in stored.items():
                 if source >= 0:
                     self._sources[source].stored_bytes += nbytes

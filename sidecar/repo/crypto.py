@@ -8,6 +8,7 @@ content). Each key file wraps the master key under one passphrase with scrypt.
 from __future__ import annotations
 
 import base64
+import binascii
 import hashlib
 import json
 import os
@@ -91,7 +92,7 @@ class MasterKey:
     def from_export(cls, data: dict[str, str]) -> MasterKey:
         try:
             return cls(unb64(data["encryption"]), unb64(data["id"]))
-        except (KeyError, ValueError, TypeError) as exc:
+        except (KeyError, ValueError, TypeError, AttributeError) as exc:
             raise UnsupportedFormat(f"not a master key export: {exc.__class__.__name__}") from None
 
 
@@ -133,28 +134,41 @@ def make_key_file(
 
 
 def read_key_file_info(raw: bytes) -> dict:
-    """The public fields of a key file (no secret), validated."""
+    """The fields of a key file, validated (salt and data decoded into `_salt`, `_data`)."""
     try:
         doc = json.loads(raw)
         if not isinstance(doc, dict) or doc.get("kdf") != "scrypt":
             raise ValueError("unknown kdf")
         if int(doc.get("version", 0)) > KEY_FILE_VERSION:
             raise UnsupportedFormat(f"key file version {doc['version']} is newer than this program supports")
-        for field in ("n", "r", "p", "salt", "data"):
-            if field not in doc:
-                raise ValueError(f"missing {field}")
+        for field in ("n", "r", "p"):
+            value = doc.get(field)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"{field} must be a positive whole number")
+        if doc["n"] < 2 or doc["n"] & (doc["n"] - 1):
+            raise ValueError("n must be a power of 2")
+        doc["_salt"] = unb64(doc["salt"])
+        doc["_data"] = unb64(doc["data"])
+        if len(doc["_data"]) < SEAL_OVERHEAD:
+            raise ValueError("data is too short")
         return doc
-    except (ValueError, TypeError) as exc:
+    except (ValueError, TypeError, KeyError, AttributeError, binascii.Error) as exc:
         raise UnsupportedFormat(f"damaged key file: {exc}") from None
 
 
 def unwrap_key_file(raw: bytes, passphrase: bytes) -> MasterKey | None:
     """The master key if `passphrase` opens this key file, else None."""
     doc = read_key_file_info(raw)
-    key = _derive(passphrase, unb64(doc["salt"]), int(doc["n"]), int(doc["r"]), int(doc["p"]))
-    data = unb64(doc["data"])
+    try:
+        key = _derive(passphrase, doc["_salt"], doc["n"], doc["r"], doc["p"])
+    except (ValueError, MemoryError) as exc:
+        raise UnsupportedFormat(f"damaged key file: unusable scrypt parameters ({exc})") from None
+    data = doc["_data"]
     try:
         secret = AESGCM(key).decrypt(data[:NONCE_SIZE], data[NONCE_SIZE:], b"websoft9-backup key")
     except InvalidTag:
         return None
-    return MasterKey.from_export(json.loads(secret))
+    try:
+        return MasterKey.from_export(json.loads(secret))
+    except ValueError as exc:
+        raise UnsupportedFormat(f"damaged key file: {exc}") from None

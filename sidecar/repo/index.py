@@ -16,6 +16,7 @@ from sidecar.errors import IntegrityError
 from sidecar.repo.pack import TYPE_CODES, TYPE_NAMES, PackEntry, PackInfo
 
 _M32 = 0xFFFFFFFF
+_HEX = "0123456789abcdef"
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,16 +91,27 @@ class Index:
                 self.add(e.blob_id, pack[0], e)
 
 
+def _u32(value: object) -> int:
+    if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= _M32:
+        raise ValueError(f"{value!r} is not an unsigned 32-bit number")
+    return value
+
+
 def iter_index_packs(doc: dict) -> Iterator[tuple[str, list[PackEntry]]]:
     """(pack id, entries) of an index document, validated."""
     try:
         for pack in doc["packs"]:
             pack_id = pack["id"]
-            if len(pack_id) != 64:
+            if not isinstance(pack_id, str) or len(pack_id) != 64 or pack_id.strip(_HEX):
                 raise ValueError(f"bad pack id {pack_id!r}")
             entries = []
             for blob_hex, type_name, offset, length, inner, raw in pack["blobs"]:
-                entries.append(PackEntry(bytes.fromhex(blob_hex), TYPE_CODES[type_name], offset, length, inner, raw))
+                blob_id = bytes.fromhex(blob_hex)
+                if len(blob_id) != 32:
+                    raise ValueError(f"bad blob id {blob_hex!r}")
+                entries.append(
+                    PackEntry(blob_id, TYPE_CODES[type_name], _u32(offset), _u32(length), _u32(inner), _u32(raw))
+                )
             yield pack_id, entries
     except (KeyError, TypeError, ValueError) as exc:
         raise IntegrityError(f"damaged index document: {exc!r}") from None

@@ -9,6 +9,7 @@ from __future__ import annotations
 import getpass
 import hashlib
 import json
+import logging
 import os
 import socket
 from concurrent.futures import ThreadPoolExecutor
@@ -16,6 +17,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from sidecar.errors import (
+    BackupError,
     BackupNotFound,
     IntegrityError,
     RepositoryExists,
@@ -32,6 +34,8 @@ from sidecar.repo.index import BlobLocation, Index
 from sidecar.repo.locks import REFRESH_EVERY, RepositoryLock, acquire_lock
 from sidecar.repo.pack import TARGET_PACK_SIZE, pack_object_name
 from sidecar.repo.snapshot import SnapshotRecord, format_time
+
+log = logging.getLogger(__name__)
 
 FORMAT_NAME = "websoft9-backup"
 FORMAT_VERSION = 1
@@ -138,12 +142,20 @@ class Repository:
         names = [name for name, _ in backend.list("keys/")]
         if not names:
             raise RepositoryNotFound(f"{backend.location} has no key files")
+        damaged = []
         for name in names:
-            found = crypto.unwrap_key_file(backend.get(name), passphrase)
+            try:
+                found = crypto.unwrap_key_file(backend.get(name), passphrase)
+            except BackupError as exc:
+                damaged.append(f"{name}: {exc}")
+                continue
             if found is not None:
+                if damaged:
+                    log.warning("damaged key file(s) skipped: %s", "; ".join(damaged))
                 return cls(backend, config, found, name, compression_level)
+        extra = f" ({len(damaged)} damaged: {'; '.join(damaged)})" if damaged else ""
         raise WrongKey(
-            f"wrong encryption key: none of the {len(names)} key file(s) of {backend.location} opens with it"
+            f"wrong encryption key: none of the {len(names)} key file(s) of {backend.location} opens with it{extra}"
         )
 
     # ---- keys --------------------------------------------------------------------

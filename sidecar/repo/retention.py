@@ -59,7 +59,7 @@ class RetentionPolicy:
                 raise InvalidRequest(f"retention {text!r}: {part.strip()!r} is not one of {', '.join(sorted(names))}=N")
             if key in values:
                 raise InvalidRequest(f"retention {text!r}: {key} given twice")
-            if not value.strip().isdigit():
+            if not (value.strip().isascii() and value.strip().isdigit()):
                 raise InvalidRequest(f"retention {text!r}: {key} needs a whole number, got {value.strip()!r}")
             values[key] = int(value)
         policy = cls(**values)

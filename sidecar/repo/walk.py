@@ -10,17 +10,20 @@ from fnmatch import translate
 
 
 def compile_excludes(patterns: tuple[str, ...]) -> Callable[[bytes, bytes], bool] | None:
-    """Globs relative to the source root. A pattern with a `/` matches the whole
-    relative path (`cache/*`, `/tmp`); one without matches any entry's name (`*.log`)."""
+    """Globs relative to the source root. A pattern with a `/` inside or at the start
+    matches the whole relative path (`cache/*`, `/tmp`); one without matches any
+    entry's name (`*.log`, `node_modules/`: a trailing `/` is ignored)."""
     if not patterns:
         return None
     by_name, by_path = [], []
     for pattern in patterns:
         pattern = pattern.strip()
+        anchored = pattern.startswith("/")
+        pattern = pattern.strip("/")  # a trailing "/" (as in "node_modules/") is ignored
         if not pattern:
             continue
-        if "/" in pattern.strip("/") or pattern.startswith("/"):
-            by_path.append(translate(pattern.strip("/")))
+        if anchored or "/" in pattern:
+            by_path.append(translate(pattern))
         else:
             by_name.append(translate(pattern))
     name_re = re.compile("|".join(by_name)) if by_name else None
