@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import socket
 import subprocess
 import sys
@@ -19,6 +20,7 @@ from collections.abc import Callable
 from multiprocessing.connection import Connection
 from typing import Any
 
+import sidecar
 from sidecar.errors import BackupCreateFailed
 from sidecar.repo.index import index_document
 from sidecar.repo.memory import trim
@@ -47,6 +49,16 @@ class FileBatch:
         self.error: BaseException | None = None
 
 
+def _worker_env() -> dict[str, str]:
+    """The environment for a worker: ours, plus where this copy of `sidecar` lives
+    (the parent may have found it through sys.path rather than an install)."""
+    secrets = ("BACKUP_ENCRYPTION_KEY", "BACKUP_NEW_ENCRYPTION_KEY", "BACKUP_API_KEY")
+    env = {k: v for k, v in os.environ.items() if k not in secrets}  # the worker gets its key over the socket
+    here = os.path.dirname(os.path.dirname(os.path.abspath(sidecar.__file__)))
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (here, env.get("PYTHONPATH")) if p)
+    return env
+
+
 class _WorkerHandle:
     """A store worker process and the socket to it. Started with `python -m` (not
     multiprocessing's spawn, which would re-import the caller's main module)."""
@@ -58,6 +70,7 @@ class _WorkerHandle:
                 [sys.executable, "-m", "sidecar.repo.storeworker", str(child.fileno())],
                 pass_fds=(child.fileno(),),
                 stdin=subprocess.DEVNULL,
+                env=_worker_env(),
             )
         self.conn = Connection(parent.detach())
         self.send_lock = threading.Lock()
