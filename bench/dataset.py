@@ -21,6 +21,7 @@ import argparse
 import contextlib
 import os
 import random
+import shutil
 import stat
 import sys
 
@@ -162,8 +163,13 @@ def mutate(root: str, seed: int = 2) -> None:
     odd = os.path.join(base, b"odd")
     os.chmod(os.path.join(odd, b"secret.php"), 0o640)  # metadata only
     os.utime(os.path.join(odd, b"run.sh"), ns=(_MTIME + 5, _MTIME + 5))  # mtime only
-    os.remove(os.path.join(odd, b"link-to-run"))  # a symlink becomes a directory
-    os.makedirs(os.path.join(odd, b"link-to-run", b"inside"))
+    toggled = os.path.join(odd, b"link-to-run")  # a symlink (or file) becomes a directory, a directory a symlink
+    if os.path.isdir(toggled) and not os.path.islink(toggled):
+        shutil.rmtree(toggled)
+        os.symlink(b"run.sh", toggled)
+    else:
+        os.remove(toggled)
+        os.makedirs(os.path.join(toggled, b"inside"))
 
 
 def main() -> None:

@@ -71,6 +71,11 @@ def _open(args: argparse.Namespace, settings: Settings) -> Repository:
     return Repository.open(backend, _passphrase(args), compression_level=settings.compression_level)
 
 
+def _problems(repo: Repository) -> bool:
+    """Whether damaged objects were skipped while reading (each was logged on stderr)."""
+    return bool(repo.problems)
+
+
 def _print_json(doc: object) -> None:
     json.dump(doc, sys.stdout, indent=1, ensure_ascii=False)
     sys.stdout.write("\n")
@@ -149,12 +154,14 @@ def cmd_backup(args: argparse.Namespace, settings: Settings) -> int:
             f" {human_bytes(totals.added_bytes)} new, {human_bytes(totals.stored_bytes)} stored,"
             f" {snap.duration_s:.1f} s"
         )
-    return EXIT_WARNINGS if snap.warnings else EXIT_OK
+    damaged = _problems(repo)
+    return EXIT_WARNINGS if snap.warnings or damaged else EXIT_OK
 
 
 def cmd_snapshots(args: argparse.Namespace, settings: Settings) -> int:
     repo = _open(args, settings)
     snaps = repo.list_snapshots(args.app_id)
+    damaged = _problems(repo)
     if args.json:
         _print_json(
             [
@@ -179,7 +186,7 @@ def cmd_snapshots(args: argparse.Namespace, settings: Settings) -> int:
                 for s in snaps
             ]
         )
-        return EXIT_OK
+        return EXIT_WARNINGS if damaged else EXIT_OK
     print(f"{'ID':8}  {'TIME (UTC)':19}  {'TYPE':12}  {'FILES':>7}  {'SIZE':>10}  {'ADDED':>10}  APP")
     for s in snaps:
         t = s.totals
@@ -189,7 +196,7 @@ def cmd_snapshots(args: argparse.Namespace, settings: Settings) -> int:
             + (f"  [{', '.join(s.tags)}]" if s.tags else "")
         )
     print(f"{len(snaps)} snapshots")
-    return EXIT_OK
+    return EXIT_WARNINGS if damaged else EXIT_OK
 
 
 def cmd_restore(args: argparse.Namespace, settings: Settings) -> int:
@@ -240,7 +247,8 @@ def cmd_restore(args: argparse.Namespace, settings: Settings) -> int:
             file=sys.stderr,
         )
         return EXIT_FAILED
-    return EXIT_WARNINGS if result.warnings else EXIT_OK
+    damaged = _problems(repo)
+    return EXIT_WARNINGS if result.warnings or damaged else EXIT_OK
 
 
 def cmd_check(args: argparse.Namespace, settings: Settings) -> int:
@@ -352,7 +360,11 @@ def cmd_export(args: argparse.Namespace, settings: Settings) -> int:
     else:
         tmp = args.output + ".part"
         try:
-            with open(tmp, "wb") as out:
+            out_file = open(tmp, "wb")  # noqa: SIM115 - closed by the with below
+        except OSError as exc:
+            raise InvalidRequest(f"cannot write --output {args.output}: {exc.strerror}") from None
+        try:
+            with out_file as out:
                 count = export_snapshot(repo, snap, out, source=args.source, warn=warnings.append)
             os.replace(tmp, args.output)
         except BaseException:
@@ -375,7 +387,11 @@ def cmd_key(args: argparse.Namespace, settings: Settings) -> int:
                 print(f"{'*' if k['current'] else ' '} {k['id'][:8]}  {k['created']}  {k['username']}@{k['hostname']}")
     elif args.key_command == "add":
         if args.new_password_file:
-            new = Path(args.new_password_file).read_bytes().rstrip(b"\r\n")
+            try:
+                new = Path(args.new_password_file).read_bytes().rstrip(b"\r\n")
+            except OSError as exc:
+                message = f"cannot read --new-password-file {args.new_password_file}: {exc.strerror}"
+                raise InvalidRequest(message) from None
         elif os.environ.get("BACKUP_NEW_ENCRYPTION_KEY"):
             new = os.environ["BACKUP_NEW_ENCRYPTION_KEY"].encode()
         else:
@@ -524,7 +540,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(
-        level=logging.DEBUG if args.debug else logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
+        level=logging.DEBUG if args.debug else logging.WARNING,
+        format="%(levelname)s %(name)s: %(message)s" if args.debug else "%(levelname)s: %(message)s",
     )
     signal.signal(signal.SIGTERM, _on_sigterm)
     if args.command == "key" and args.key_command == "remove" and not args.key_id:

@@ -96,6 +96,7 @@ class BackupSession:
             self.parent = self._choose_parent()
             self.backup_type = options.backup_type if self.parent or options.backup_type == "full" else "full"
             self._writer = BlobWriter(repo, self._stats, options.workers)
+            self._writer.adopt(repo.unindexed_packs())
         except BaseException:
             self.abort()
             raise
@@ -174,7 +175,8 @@ class BackupSession:
     ) -> SourceRecord:
         """Back up a byte stream (a database dump) as one file `filename` of source `name`."""
         self._new_source_name(name)
-        tree.check_relative(filename.encode())
+        if not filename or "/" in filename or filename in (".", "..") or "\0" in filename:
+            raise InvalidRequest(f"stream file name {filename!r} must be a plain file name (no '/', not '.' or '..')")
         stats = self._new_stats()
         key = len(self._stats) - 1
         blobs: list[str] = []

@@ -16,6 +16,7 @@ import socket
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Callable
 from multiprocessing.connection import Connection
 from typing import Any
@@ -30,7 +31,8 @@ from sidecar.repo.snapshot import SourceStats
 
 log = logging.getLogger(__name__)
 
-INDEX_EVERY_PACKS = 32
+INDEX_EVERY_PACKS = 8
+INDEX_EVERY_SECONDS = 30.0
 MAX_BATCHES_PER_WORKER = 3
 FileResult = tuple[list[str] | None, Any]  # (blob hex ids, size) or (None, error message)
 
@@ -57,6 +59,16 @@ def _worker_env() -> dict[str, str]:
     here = os.path.dirname(os.path.dirname(os.path.abspath(sidecar.__file__)))
     env["PYTHONPATH"] = os.pathsep.join(p for p in (here, env.get("PYTHONPATH")) if p)
     return env
+
+
+def _hang_up(worker: _WorkerHandle) -> None:
+    """Shut the socket down (not just close our descriptor, which a thread blocked
+    in recv keeps alive) so the worker sees end-of-file at once and cleans up."""
+    with contextlib.suppress(OSError):
+        dup = socket.socket(fileno=os.dup(worker.conn.fileno()))
+        with dup:
+            dup.shutdown(socket.SHUT_RDWR)
+    worker.conn.close()
 
 
 class _WorkerHandle:
@@ -92,6 +104,7 @@ class BlobWriter:
         self._slots = threading.Condition(self._lock)
         self._claimed: set[bytes] = set()
         self._unindexed: list[tuple[str, list[PackEntry]]] = []
+        self._indexed_at = time.monotonic()
         self._batch_no = 0
         self.index_ids: list[str] = []
         self.error: BaseException | None = None
@@ -207,14 +220,26 @@ class BlobWriter:
                 if source >= 0:
                     self._sources[source].stored_bytes += nbytes
             self._unindexed.append((pack_id, pack_entries))
-            full = len(self._unindexed) >= INDEX_EVERY_PACKS
+            full = (
+                len(self._unindexed) >= INDEX_EVERY_PACKS or time.monotonic() - self._indexed_at >= INDEX_EVERY_SECONDS
+            )
         if full:
             self._write_index()
         trim()
 
+    def adopt(self, packs: list[tuple[str, list[PackEntry]]]) -> None:
+        """Reuse packs an interrupted backup stored but never indexed: their blobs
+        count as present, and this backup's index names them."""
+        with self._lock:
+            for pack_id, entries in packs:
+                for e in entries:
+                    self._index.add(e.blob_id, pack_id, e)
+                self._unindexed.append((pack_id, entries))
+
     def _write_index(self) -> None:
         with self._lock:
             packs, self._unindexed = self._unindexed, []
+            self._indexed_at = time.monotonic()
         if packs:
             self.index_ids.append(self._repo.save_json("index", index_document(packs)))
 
@@ -247,7 +272,7 @@ class BlobWriter:
     def abort(self) -> None:
         """Stop the workers; what they staged but did not store is removed by them."""
         self._fail(self.error or RuntimeError("aborted"))
-        self._stop(lambda w: w.conn.close())
+        self._stop(_hang_up)
 
     def _stop(self, how: Callable[[_WorkerHandle], None]) -> None:
         for w in self._workers:
@@ -255,7 +280,7 @@ class BlobWriter:
                 how(w)
         for w in self._workers:
             try:
-                w.process.wait(timeout=30)
+                w.process.wait(timeout=15)
             except subprocess.TimeoutExpired:
                 w.process.kill()
                 w.process.wait()

@@ -94,8 +94,9 @@ def export_snapshot(
         for src in sources:
             prefix = "" if len(sources) == 1 else src.name.strip("/")
             ids = [bytes.fromhex(h) for h in src.tree]
+            validator = tree.TreeValidator()
             for entry in tree.read_tree(ids, repo.load_blob):
-                rel = tree.check_relative(tree.entry_path(entry)).decode("utf-8", "surrogateescape")
+                rel = validator.check(entry).decode("utf-8", "surrogateescape")
                 name = (prefix + "/" + rel if rel != "." else prefix) if prefix else rel
                 if entry["type"] == tree.HARDLINK and prefix:
                     entry = dict(

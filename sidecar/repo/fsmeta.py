@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import base64
+import contextlib
 import errno
 import os
 import stat
@@ -12,6 +13,12 @@ from collections.abc import Callable
 from sidecar.repo import tree
 
 _NO_XATTRS = (errno.ENOTSUP, errno.EOPNOTSUPP, errno.ENOSYS)
+_FORMATS = {
+    tree.DIR: stat.S_IFDIR,
+    tree.SYMLINK: stat.S_IFLNK,
+    tree.FIFO: stat.S_IFIFO,
+    tree.SOCKET: stat.S_IFSOCK,
+}
 
 
 def entry_from_stat(rel: bytes, st: os.stat_result) -> dict:
@@ -92,29 +99,50 @@ class MetadataWriter:
         """For a regular file being written: chown, xattrs, chmod, times."""
         if self._root:
             os.fchown(fd, entry["uid"], entry["gid"])
-        self._xattrs(fd, path, entry)
+        self._xattrs(fd, path, entry, fresh=True)
         os.fchmod(fd, entry["mode"])  # after chown: chown clears setuid/setgid
         mtime = entry["mtime_ns"]
         os.utime(fd, ns=(mtime, mtime))
 
     def apply_path(self, path: bytes, entry: dict) -> None:
-        """For directories, symlinks and special files, by path (never following a symlink)."""
-        is_link = entry["type"] == tree.SYMLINK
+        """For directories, symlinks and special files, by path. Never follows a
+        symlink: what is on disk must still be the entry's type (lstat)."""
         try:
+            st = os.lstat(path)
+            if stat.S_IFMT(st.st_mode) != _FORMATS.get(entry["type"], stat.S_IFMT(st.st_mode)):
+                self._warn(path, "changed type during the restore; metadata not set")
+                return
+            is_link = stat.S_ISLNK(st.st_mode)
             if self._root:
                 os.chown(path, entry["uid"], entry["gid"], follow_symlinks=False)
             if not is_link:
                 self._xattrs(path, path, entry)
-                os.chmod(path, entry["mode"])
+                os.chmod(path, entry["mode"])  # lstat above: not a symlink, so this touches the entry itself
             mtime = entry["mtime_ns"]
             os.utime(path, ns=(mtime, mtime), follow_symlinks=False)
-        except OSError as exc:
-            self._warn(path, f"cannot set metadata: {exc.strerror}")
+        except (OSError, NotImplementedError) as exc:
+            self._warn(path, f"cannot set metadata: {getattr(exc, 'strerror', None) or exc}")
 
-    def _xattrs(self, target: int | bytes, path: bytes, entry: dict) -> None:
-        if "xattrs" not in entry:
-            return
-        for name, value in decode_xattrs(entry):
+    def _xattrs(self, target: int | bytes, path: bytes, entry: dict, fresh: bool = False) -> None:
+        """Make the entry's extended attributes exactly those of the snapshot
+        (a `fresh` file has none to remove)."""
+        wanted = dict(decode_xattrs(entry))
+        present: list[str] = []
+        if not fresh:
+            with contextlib.suppress(OSError):
+                present = (
+                    os.listxattr(target) if isinstance(target, int) else os.listxattr(target, follow_symlinks=False)
+                )
+        for name in present:
+            if name not in wanted and name != "security.selinux":  # the label belongs to the host's policy
+                try:
+                    if isinstance(target, int):
+                        os.removexattr(target, name)
+                    else:
+                        os.removexattr(target, name, follow_symlinks=False)
+                except OSError as exc:
+                    self._warn(path, f"cannot remove xattr {name}: {exc.strerror}")
+        for name, value in wanted.items():
             try:
                 if isinstance(target, int):
                     os.setxattr(target, name, value)

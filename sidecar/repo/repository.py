@@ -32,7 +32,7 @@ from sidecar.repo.codec import DEFAULT_LEVEL, Codec
 from sidecar.repo.crypto import MasterKey
 from sidecar.repo.index import BlobLocation, Index
 from sidecar.repo.locks import REFRESH_EVERY, RepositoryLock, acquire_lock
-from sidecar.repo.pack import TARGET_PACK_SIZE, pack_object_name
+from sidecar.repo.pack import TARGET_PACK_SIZE, PackEntry, pack_object_name, read_header
 from sidecar.repo.snapshot import SnapshotRecord, format_time
 
 log = logging.getLogger(__name__)
@@ -63,6 +63,7 @@ class Repository:
         self.chunker = Chunker(ChunkerParams.from_json(config["chunker"]), key.chunker_seed())
         self.pack_size = int(config.get("pack_size", TARGET_PACK_SIZE))
         self._index: Index | None = None
+        self.problems: list[str] = []  # damaged objects skipped while reading (also logged)
         self.lock_refresh_every = REFRESH_EVERY
 
     # ---- creating and opening -------------------------------------------------
@@ -207,18 +208,51 @@ class Repository:
     # ---- index and blobs -------------------------------------------------------
 
     def index(self, reload: bool = False) -> Index:
+        """All blobs of the repository. A damaged index file is skipped (and noted
+        in `problems`): its blobs then count as missing, which `check` reports."""
         if self._index is None or reload:
             index = Index()
             ids = self.list_ids("index")
+
+            def load(index_id: str) -> tuple[str, dict | None]:
+                try:
+                    return index_id, self.load_json("index", index_id)
+                except BackupError as exc:
+                    self._problem(f"index {index_id} skipped: {exc}")
+                    return index_id, None
+
             with ThreadPoolExecutor(4) as pool:
-                docs = list(pool.map(lambda i: (i, self.load_json("index", i)), ids))
+                docs = [(i, d) for i, d in pool.map(load, ids) if d is not None]
             superseded = {s for _, doc in docs for s in doc.get("supersedes", [])}
             for index_id, doc in docs:
                 if index_id not in superseded:
-                    index.load_document(doc)
+                    try:
+                        index.load_document(doc)
+                    except BackupError as exc:
+                        self._problem(f"index {index_id} partly skipped: {exc}")
                     index.loaded_ids.add(index_id)
             self._index = index
         return self._index
+
+    def _problem(self, message: str) -> None:
+        log.warning("%s", message)
+        self.problems.append(message)
+
+    def unindexed_packs(self) -> list[tuple[str, list[PackEntry]]]:
+        """Stored packs no index names (left by an interrupted backup), read from
+        their own headers so a new backup can reuse their data instead of
+        storing it again."""
+        known = self.index().pack_ids()
+        found = []
+        for name, size in self.backend.list("data/"):
+            pack_id = name.rsplit("/", 1)[1]
+            if pack_id in known:
+                continue
+            try:
+                found.append((pack_id, read_header(self.backend, pack_id, size, self.codec)))
+            except BackupError as exc:
+                self._problem(f"pack {pack_id} not reusable: {exc}")
+        return found
 
     def load_blob(self, blob_id: bytes) -> bytes:
         loc = self.index().get(blob_id)
@@ -245,9 +279,18 @@ class Repository:
         return SnapshotRecord.from_json(self.load_json("snapshots", snapshot_id), snapshot_id)
 
     def list_snapshots(self, app_id: str | None = None) -> list[SnapshotRecord]:
+        """Snapshots, oldest first. A damaged one is skipped and noted in `problems`."""
         ids = self.list_ids("snapshots")
+
+        def load(snapshot_id: str) -> SnapshotRecord | None:
+            try:
+                return self.load_snapshot(snapshot_id)
+            except BackupError as exc:
+                self._problem(f"snapshot {snapshot_id} skipped: {exc}")
+                return None
+
         with ThreadPoolExecutor(4) as pool:
-            snaps = list(pool.map(self.load_snapshot, ids))
+            snaps = [s for s in pool.map(load, ids) if s is not None]
         if app_id is not None:
             snaps = [s for s in snaps if s.app_id == app_id]
         return sorted(snaps, key=lambda s: (s.time, s.id))

@@ -131,14 +131,16 @@ class _TreeRestore:
         self.result = result
         self.meta = MetadataWriter(self._warn)
         self.index = repo.index()
-        self.dirs: set[bytes] = {b"."}
         self.dir_meta: list[tuple[bytes, dict]] = []
         self.hardlinks: list[tuple[bytes, bytes]] = []
         self.failed_paths: set[bytes] = set()
         self.window: list[_FileState] = []
         self.window_bytes = 0
         self.window_open = 0
-        os.makedirs(dest, exist_ok=True)
+        try:
+            os.makedirs(dest, exist_ok=True)
+        except OSError as exc:
+            raise InvalidRequest(f"cannot use {os.fsdecode(dest)} as the restore target: {exc.strerror}") from None
         self.existing = delete and bool(os.listdir(dest))
         self.wanted: set[bytes] | None = set() if self.existing else None
         self._lock = threading.Lock()
@@ -161,14 +163,12 @@ class _TreeRestore:
 
     def run(self) -> None:
         root_entry = None
+        validator = tree.TreeValidator()
         for entry in self._entries():
-            rel = tree.check_relative(tree.entry_path(entry))
+            rel = validator.check(entry)
             if rel == b".":
                 root_entry = entry
                 continue
-            parent = os.path.dirname(rel) or b"."
-            if parent not in self.dirs:
-                raise IntegrityError(f"unsafe tree: {rel!r} is not below a directory of the snapshot")
             if self.wanted is not None:
                 self.wanted.add(rel)
             path = os.path.join(self.dest, rel)
@@ -177,10 +177,9 @@ class _TreeRestore:
                 self._add_file(entry, path)
             elif kind == tree.DIR:
                 self._make_dir(path)
-                self.dirs.add(rel)
                 self.dir_meta.append((path, entry))
             elif kind == tree.HARDLINK:
-                link = tree.check_relative(tree.get_name(entry, "link") or b"")
+                link = tree.get_name(entry, "link") or b""
                 self.hardlinks.append((path, os.path.join(self.dest, link)))
             else:
                 self._make_special(path, entry)
@@ -190,8 +189,10 @@ class _TreeRestore:
                 self._error(path, "not restored: the file it links to could not be restored")
                 continue
             try:
+                if not stat.S_ISREG(os.lstat(first).st_mode):
+                    raise OSError(0, "its target is not a regular file")
                 _remove(path)
-                os.link(first, path)
+                os.link(first, path, follow_symlinks=False)
             except OSError as exc:
                 self._error(path, f"cannot create hard link: {exc.strerror}")
         if self.wanted is not None:

@@ -64,6 +64,37 @@ def check_relative(path: bytes) -> bytes:
     return path
 
 
+class TreeValidator:
+    """Checks, entry by entry, that a listing cannot make a reader write outside
+    its target: paths are relative and strictly increasing in tree order (no
+    duplicates, so a directory cannot later become a symlink), every parent is a
+    directory entry seen earlier, and a hard link points at an earlier entry
+    whose parent is such a directory (never through a symlink)."""
+
+    def __init__(self, implicit_root: bool = True) -> None:
+        self.dirs: set[bytes] = {b"."} if implicit_root else set()
+        self._last: tuple[bytes, ...] | None = None
+
+    def check(self, entry: dict) -> bytes:
+        """The entry's checked relative path; `IntegrityError` when unsafe."""
+        rel = check_relative(entry_path(entry))
+        key = path_key(rel)
+        if self._last is not None and key <= self._last:
+            raise IntegrityError(f"unsafe tree: {rel!r} is out of order or listed twice")
+        self._last = key
+        if rel != b".":
+            parent = rel.rpartition(b"/")[0] or b"."
+            if parent not in self.dirs:
+                raise IntegrityError(f"unsafe tree: {rel!r} is not below a directory of the snapshot")
+        if entry["type"] == DIR:
+            self.dirs.add(rel)
+        elif entry["type"] == HARDLINK:
+            link = check_relative(get_name(entry, "link") or b"")
+            if (link.rpartition(b"/")[0] or b".") not in self.dirs or path_key(link) >= key:
+                raise IntegrityError(f"unsafe tree: hard link {rel!r} points at {link!r}")
+        return rel
+
+
 def encode_entry(entry: dict) -> bytes:
     return orjson.dumps(entry, option=orjson.OPT_APPEND_NEWLINE)
 

@@ -69,7 +69,7 @@ class LocalBackend:
                     f.seek(offset)
                     return f.read()
                 data = os.pread(f.fileno(), length, offset)
-        except FileNotFoundError:
+        except (FileNotFoundError, NotADirectoryError):
             raise ObjectNotFound(f"{name} is missing from {self.location}") from None
         if len(data) != length:
             raise ObjectNotFound(f"{name} is truncated (wanted {length} bytes at {offset}, got {len(data)})")
