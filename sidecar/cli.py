@@ -23,6 +23,7 @@ from sidecar.errors import EXIT_FAILED, EXIT_OK, EXIT_WARNINGS, BackupError, Inv
 from sidecar.progress import TerminalProgress, human_bytes
 from sidecar.repo.backends.base import open_backend
 from sidecar.repo.crypto import MasterKey
+from sidecar.repo.memory import limit_arenas
 from sidecar.repo.repository import Repository
 
 Handler = Callable[[argparse.Namespace, Settings], int]
@@ -544,6 +545,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         format="%(levelname)s %(name)s: %(message)s" if args.debug else "%(levelname)s: %(message)s",
     )
     signal.signal(signal.SIGTERM, _on_sigterm)
+    limit_arenas()
     if args.command == "key" and args.key_command == "remove" and not args.key_id:
         parser.error("key remove needs a key id")
     try:

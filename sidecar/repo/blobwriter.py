@@ -171,14 +171,14 @@ class BlobWriter:
             worker.inflight[number] = batch
         worker.send(("files", number, batch.source, batch.files))
 
-    def store(self, blob_type: int, data: bytes, source: int) -> bytes:
+    def store(self, blob_type: int, data: bytes | memoryview, source: int) -> bytes:
         """Store one blob made here (listings, streams); returns its id."""
         blob_id = self._repo.key.blob_id(data)
         if self._claim_many([(blob_id, len(data))], source)[0]:
             self._check()
             worker = self._workers[self._next % len(self._workers)]
             self._next += 1
-            worker.send(("blobs", source, [(blob_id, blob_type, data)]))
+            worker.send(("blobs", source, [(blob_id, blob_type, bytes(data))]))
         return blob_id
 
     # ---- what the workers say ----------------------------------------------------------

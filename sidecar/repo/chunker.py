@@ -62,7 +62,48 @@ class Chunker:
         for chunk in self._cdc.cut_buf(data):
             yield chunk.data
 
-    def split_stream(self, stream: BinaryIO) -> Iterator[bytes]:
-        """Chunks of a stream, each copied out (the cutter reuses its buffer)."""
-        for chunk in self._cdc.cut_stream(stream):
-            yield bytes(chunk.data)
+    def split_stream(self, stream: BinaryIO) -> Iterator[memoryview]:
+        """Chunks of a stream, as views into blocks of at most twice the largest
+        chunk (sized to the data: a small file costs a small buffer). A chunk is
+        cut only with a full window ahead of it (or at the end of the stream),
+        so the boundaries are the same as `split_buffer` on the whole content."""
+        window = self.params.max_size
+        pending = b""
+        eof = False
+        while not eof:
+            want = 2 * window - len(pending)
+            more = _read_full(stream, want)
+            eof = len(more) < want
+            block = pending + more if pending else more
+            if not block:
+                return
+            limit = len(block) if eof else len(block) - window
+            view = memoryview(block)
+            done = 0
+            for chunk in self._cdc.cut_buf(view) if len(block) > self.params.min_size else ():
+                if chunk.offset >= limit and not eof:
+                    break
+                yield chunk.data
+                done = chunk.offset + chunk.length
+            if len(block) <= self.params.min_size:  # the whole (short) rest of the stream
+                yield view
+                return
+            pending = bytes(view[done:]) if not eof else b""
+
+
+def _read_full(stream: BinaryIO, size: int) -> bytes:
+    """Read `size` bytes unless the stream ends first (pipes return short reads)."""
+    data = stream.read(size)
+    if data is None:
+        data = b""
+    if len(data) == size or not data:
+        return data
+    parts = [data]
+    have = len(data)
+    while have < size:
+        part = stream.read(size - have)
+        if not part:
+            break
+        parts.append(part)
+        have += len(part)
+    return b"".join(parts)

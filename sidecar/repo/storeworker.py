@@ -34,12 +34,12 @@ from sidecar.repo.backends.base import open_backend
 from sidecar.repo.chunker import Chunker, ChunkerParams
 from sidecar.repo.codec import Codec
 from sidecar.repo.crypto import MasterKey
-from sidecar.repo.memory import trim
+from sidecar.repo.memory import limit_arenas, trim
 from sidecar.repo.pack import DATA, GROUP_ALONE, GROUP_TARGET, PackWriter, pack_object_name
 from sidecar.repo.workqueue import ByteBoundedQueue, QueueClosed
 
 WHOLE_FILE_LIMIT = 4 << 20  # files up to this size are read in one piece
-STREAM_CLAIM_BYTES = 8 << 20  # big files are claimed and packed in segments of this size
+STREAM_CLAIM_BYTES = 4 << 20  # big files are claimed and packed in segments of this size
 _O_NOATIME = getattr(os, "O_NOATIME", 0) if os.geteuid() == 0 else 0
 _OPEN_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC | _O_NOATIME
 
@@ -66,7 +66,7 @@ class _Packer:
         self._start()
 
     def _start(self) -> None:
-        self.jobs = ByteBoundedQueue(16 << 20)
+        self.jobs = ByteBoundedQueue(8 << 20)
         self.finishing: queue.Queue[PackWriter | None] = queue.Queue(maxsize=2)
         self.encoders = [
             threading.Thread(target=self._encode_loop, name="encode", daemon=True) for _ in range(self.threads)
@@ -248,7 +248,8 @@ class _Worker:
             segment: list[tuple[bytes, Any]] = []
             segment_bytes = 0
             with os.fdopen(fd, "rb", buffering=0, closefd=False) as f:
-                for piece in self.chunker.split_stream(f):
+                for view in self.chunker.split_stream(f):
+                    piece = bytes(view)  # a copy, so the 8 MiB read block is freed at once
                     blob_id = key.blob_id(piece)
                     segment.append((blob_id, piece))
                     segment_bytes += len(piece)
@@ -282,6 +283,7 @@ class _Worker:
 def worker_main(conn: Connection) -> None:
     """Entry point of the worker process."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when to stop
+    limit_arenas()
     worker = None
     try:
         msg = conn.recv()

@@ -118,12 +118,21 @@ class TreeWriter:
             self._cut(final=False)
 
     def _cut(self, final: bool) -> None:
-        data = bytes(self._buffer)
-        chunks = list(self._chunker.split_buffer(data))
-        keep = 0 if final else len(chunks[-1])
-        for chunk in chunks if final else chunks[:-1]:
-            self.blob_ids.append(self._store(bytes(chunk)))
-        self._buffer = bytearray(data[len(data) - keep :]) if keep else bytearray()
+        """Store the chunks that have a full window ahead of them (all, when final)."""
+        buffer = self._buffer
+        limit = len(buffer) if final else len(buffer) - self._chunker.params.max_size
+        done = 0
+        chunks = self._chunker.split_buffer(buffer)
+        try:
+            for chunk in chunks:
+                with chunk:  # release the view at once: the buffer is resized below
+                    if not final and done >= limit:
+                        break
+                    self.blob_ids.append(self._store(bytes(chunk)))
+                    done += len(chunk)
+        finally:
+            chunks.close()
+        del buffer[:done]
 
     def finish(self) -> list[bytes]:
         if self._buffer:
