@@ -11,23 +11,18 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
-import socket
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Callable
-from multiprocessing.connection import Connection
 from typing import Any
 
-import sidecar
 from sidecar.errors import BackupCreateFailed
 from sidecar.repo.index import index_document
 from sidecar.repo.memory import trim
 from sidecar.repo.pack import PackEntry
 from sidecar.repo.repository import Repository
 from sidecar.repo.snapshot import SourceStats
+from sidecar.repo.workerproc import WorkerProcess, worker_count
 
 log = logging.getLogger(__name__)
 
@@ -51,48 +46,14 @@ class FileBatch:
         self.error: BaseException | None = None
 
 
-def _worker_env() -> dict[str, str]:
-    """The environment for a worker: ours, plus where this copy of `sidecar` lives
-    (the parent may have found it through sys.path rather than an install)."""
-    secrets = ("BACKUP_ENCRYPTION_KEY", "BACKUP_NEW_ENCRYPTION_KEY", "BACKUP_API_KEY")
-    env = {k: v for k, v in os.environ.items() if k not in secrets}  # the worker gets its key over the socket
-    here = os.path.dirname(os.path.dirname(os.path.abspath(sidecar.__file__)))
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (here, env.get("PYTHONPATH")) if p)
-    return env
-
-
-def _hang_up(worker: _WorkerHandle) -> None:
-    """Shut the socket down (not just close our descriptor, which a thread blocked
-    in recv keeps alive) so the worker sees end-of-file at once and cleans up."""
-    with contextlib.suppress(OSError):
-        dup = socket.socket(fileno=os.dup(worker.conn.fileno()))
-        with dup:
-            dup.shutdown(socket.SHUT_RDWR)
-    worker.conn.close()
-
-
-class _WorkerHandle:
-    """A store worker process and the socket to it. Started with `python -m` (not
-    multiprocessing's spawn, which would re-import the caller's main module)."""
+class _WorkerHandle(WorkerProcess):
+    """A store worker and what the parent tracks about it."""
 
     def __init__(self) -> None:
-        parent, child = socket.socketpair()
-        with child:
-            self.process = subprocess.Popen(
-                [sys.executable, "-m", "sidecar.repo.storeworker", str(child.fileno())],
-                pass_fds=(child.fileno(),),
-                stdin=subprocess.DEVNULL,
-                env=_worker_env(),
-            )
-        self.conn = Connection(parent.detach())
-        self.send_lock = threading.Lock()
+        super().__init__("sidecar.repo.storeworker")
         self.inflight: dict[int, FileBatch] = {}
         self.flushed = threading.Event()
         self.thread: threading.Thread | None = None
-
-    def send(self, msg: tuple) -> None:
-        with self.send_lock:
-            self.conn.send(msg)
 
 
 class BlobWriter:
@@ -115,7 +76,7 @@ class BlobWriter:
             "repository": repo.backend.location,
             "pack_size": repo.pack_size,
         }
-        self._workers = [_WorkerHandle() for _ in range(max(1, workers))]
+        self._workers = [_WorkerHandle() for _ in range(worker_count(workers))]
         for w in self._workers:
             w.send(("init", config))
             w.thread = threading.Thread(target=self._listen, args=(w,), name="store-listen", daemon=True)
@@ -186,7 +147,7 @@ class BlobWriter:
     def _listen(self, worker: _WorkerHandle) -> None:
         try:
             while True:
-                msg = worker.conn.recv()
+                msg = worker.recv()
                 kind = msg[0]
                 if kind == "claim":
                     worker.send(("claimed", self._claim_many(msg[2], msg[1])))
@@ -272,17 +233,13 @@ class BlobWriter:
     def abort(self) -> None:
         """Stop the workers; what they staged but did not store is removed by them."""
         self._fail(self.error or RuntimeError("aborted"))
-        self._stop(_hang_up)
+        self._stop(lambda w: w.hang_up())
 
     def _stop(self, how: Callable[[_WorkerHandle], None]) -> None:
         for w in self._workers:
             with contextlib.suppress(OSError):
                 how(w)
         for w in self._workers:
-            try:
-                w.process.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                w.process.kill()
-                w.process.wait()
+            w.wait()
             if w.thread is not None:
                 w.thread.join(timeout=5)

@@ -1,7 +1,9 @@
-"""Compress-then-seal for blobs and metadata objects.
+"""Compress-then-seal for blob groups and metadata objects.
 
-The sealed plaintext is one flag byte and the body: 0x00 = stored raw,
-0x01 = one zstd frame. Data that zstd cannot shrink is stored raw.
+    sealed = flag || nonce || AES-256-GCM(body, associated data = flag)
+    flag 0x00: body is the data; 0x01: body is one zstd frame of the data
+
+Data that zstd cannot shrink is stored raw.
 """
 
 from __future__ import annotations
@@ -17,8 +19,6 @@ from sidecar.repo.crypto import MasterKey
 
 RAW = 0
 ZSTD = 1
-_RAW_FLAG = b"\x00"
-_ZSTD_FLAG = b"\x01"
 DEFAULT_LEVEL = 3
 
 
@@ -43,30 +43,27 @@ class Codec:
             d = self._local.d = zstandard.ZstdDecompressor()
         return d
 
-    def encode(self, data: bytes | memoryview) -> bytes:
+    def encode(self, data: bytes | memoryview) -> bytearray:
         """Compress (when it helps) and seal."""
         if self.level > 0 and len(data) > 64:
             packed = self._compressor().compress(data)
-            if len(packed) + 1 < len(data):
-                return self.key.seal(_ZSTD_FLAG + packed)
-        return self.key.seal(_RAW_FLAG + data)
+            if len(packed) < len(data):
+                return self.key.seal_framed(ZSTD, packed)
+        return self.key.seal_framed(RAW, data)
 
     def decode(self, sealed: bytes | memoryview) -> bytes:
         """Open and decompress; `IntegrityError` when damaged."""
-        plain = self.key.open(sealed)
-        if not plain:
-            raise IntegrityError("empty sealed payload")
-        flag = plain[0]
+        flag, body = self.key.open_framed(sealed)
         if flag == RAW:
-            return plain[1:]
+            return body
         if flag == ZSTD:
             try:
-                return self._decompressor().decompress(memoryview(plain)[1:], max_output_size=1 << 31)
+                return self._decompressor().decompress(body, max_output_size=1 << 31)
             except zstandard.ZstdError as exc:
                 raise IntegrityError(f"cannot decompress: {exc}") from None
         raise IntegrityError(f"unknown compression flag {flag}")
 
-    def encode_json(self, doc: Any) -> bytes:
+    def encode_json(self, doc: Any) -> bytearray:
         return self.encode(orjson.dumps(doc))
 
     def decode_json(self, sealed: bytes | memoryview) -> Any:

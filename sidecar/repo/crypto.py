@@ -64,20 +64,37 @@ class MasterKey:
         """Keyed BLAKE3 of the plaintext: the blob's name in the repository."""
         return blake3.blake3(data, key=self.id_key).digest()
 
-    def seal(self, plaintext: bytes | memoryview) -> bytes:
+    def seal(self, plaintext: bytes | memoryview, aad: bytes = b"") -> bytes:
         """AES-256-GCM with a fresh random 96-bit nonce: nonce || ciphertext || tag."""
         nonce = os.urandom(NONCE_SIZE)
-        return nonce + self._aead.encrypt(nonce, plaintext, None)  # type: ignore[attr-defined]
+        return nonce + self._aead.encrypt(nonce, plaintext, aad or None)  # type: ignore[attr-defined]
 
-    def open(self, sealed: bytes | memoryview) -> bytes:
+    def open(self, sealed: bytes | memoryview, aad: bytes = b"") -> bytes:
         """Authenticate and decrypt what `seal` made; `IntegrityError` if tampered."""
         if len(sealed) < SEAL_OVERHEAD:
             raise IntegrityError("sealed object is too short")
         view = memoryview(sealed)
         try:
-            return self._aead.decrypt(bytes(view[:NONCE_SIZE]), view[NONCE_SIZE:], None)  # type: ignore[attr-defined]
+            return self._aead.decrypt(bytes(view[:NONCE_SIZE]), view[NONCE_SIZE:], aad or None)  # type: ignore[attr-defined]
         except InvalidTag:
             raise IntegrityError("authentication tag mismatch: data is damaged or was changed") from None
+
+    def seal_framed(self, flag: int, body: bytes | memoryview) -> bytearray:
+        """flag || nonce || ciphertext || tag, the flag byte authenticated as associated
+        data; written into one buffer (no intermediate copies of the data)."""
+        out = bytearray(1 + NONCE_SIZE + len(body) + TAG_SIZE)
+        out[0] = flag
+        nonce = os.urandom(NONCE_SIZE)
+        out[1 : 1 + NONCE_SIZE] = nonce
+        self._aead.encrypt_into(nonce, body, out[:1], memoryview(out)[1 + NONCE_SIZE :])  # type: ignore[attr-defined]
+        return out
+
+    def open_framed(self, sealed: bytes | memoryview) -> tuple[int, bytes]:
+        """(flag, plaintext) of what `seal_framed` made; `IntegrityError` if tampered."""
+        if len(sealed) < 1 + SEAL_OVERHEAD:
+            raise IntegrityError("sealed object is too short")
+        view = memoryview(sealed)
+        return view[0], self.open(view[1:], aad=bytes(view[:1]))
 
     def chunker_seed(self) -> int:
         """A secret 64-bit seed for the chunker's gear table, derived from the id key,

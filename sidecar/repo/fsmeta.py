@@ -99,7 +99,8 @@ class MetadataWriter:
         """For a regular file being written: chown, xattrs, chmod, times."""
         if self._root:
             os.fchown(fd, entry["uid"], entry["gid"])
-        self._xattrs(fd, path, entry, fresh=True)
+        if "xattrs" in entry:  # a fresh file has none to remove
+            self._xattrs(fd, path, entry, fresh=True)
         os.fchmod(fd, entry["mode"])  # after chown: chown clears setuid/setgid
         mtime = entry["mtime_ns"]
         os.utime(fd, ns=(mtime, mtime))

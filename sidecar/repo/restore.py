@@ -1,44 +1,44 @@
 """Restore a snapshot (or one source of it) into a directory, exactly.
 
 The listing is streamed in tree order: directories, links and special files are
-made as they come; regular files are gathered into windows and written by a
-thread pool that reads each pack once, front to back. Each file is written to a
-temporary name and renamed into place once complete. With `delete` (the
+made as they come; regular files are gathered into windows, planned by pack and
+written by restore worker processes (`restoreworker`), each reading its packs
+once, front to back, while the next window is planned. Each file is written to
+a temporary name and renamed into place once complete. With `delete` (the
 default) anything in the target that the snapshot does not have is removed.
 Paths are checked: nothing is ever written outside the target.
 """
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import itertools
 import logging
 import os
+import queue
 import shutil
 import stat
 import threading
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
-from sidecar.errors import BackupCorrupted, BackupError, IntegrityError, InvalidRequest
+from sidecar.errors import BackupCorrupted, InvalidRequest, RestoreFailed
 from sidecar.repo import tree
 from sidecar.repo.backup import Progress
 from sidecar.repo.fsmeta import MetadataWriter
-from sidecar.repo.index import BlobLocation
 from sidecar.repo.locks import SHARED
-from sidecar.repo.pack import pack_object_name
 from sidecar.repo.repository import Repository
 from sidecar.repo.snapshot import SnapshotRecord, SourceRecord
+from sidecar.repo.workerproc import WorkerProcess, worker_count
 
 log = logging.getLogger(__name__)
 
-WINDOW_BYTES = 512 << 20
-WINDOW_FILES = 16384
-WINDOW_OPEN_FILES = 128  # multi-blob files held open at once
-MAX_RUN = 32 << 20
-MAX_GAP = 256 << 10
+WINDOW_BYTES = 256 << 20
+WINDOW_FILES = 8192
+WINDOWS_IN_FLIGHT = 2  # per worker: one being written, one queued
 _counter = itertools.count()
+_PID = os.getpid()
 
 
 @dataclass
@@ -64,7 +64,7 @@ def restore_snapshot(
     *,
     source: str | None = None,
     delete: bool = True,
-    threads: int = 2,
+    workers: int | None = None,
     progress: Progress | None = None,
     lock_wait: float = 600.0,
 ) -> RestoreResult:
@@ -79,25 +79,11 @@ def restore_snapshot(
         sources = [found]
     result = RestoreResult()
     target_b = os.fsencode(os.path.abspath(target))
-    with repo.lock(SHARED, "restore", lock_wait):
+    with repo.lock(SHARED, "restore", lock_wait), _Writers(repo, worker_count(workers)) as writers:
         for src in sources:
             dest = source_target(snapshot, src, target_b, len(sources) == 1)
-            _TreeRestore(repo, src, dest, delete, threads, progress, result).run()
+            _TreeRestore(repo, src, dest, delete, writers, progress, result).run()
     return result
-
-
-class _FileState:
-    __slots__ = ("entry", "failed", "fd", "final", "finished", "lock", "remaining", "tmp")
-
-    def __init__(self, entry: dict, final: bytes, remaining: int) -> None:
-        self.entry = entry
-        self.final = final
-        self.tmp = os.path.join(os.path.dirname(final), f".w9r-{os.getpid()}-{next(_counter)}.tmp".encode())
-        self.fd = -1
-        self.remaining = remaining
-        self.lock = threading.Lock()
-        self.failed: str | None = None
-        self.finished = False
 
 
 def _remove(path: bytes) -> None:
@@ -112,6 +98,63 @@ def _remove(path: bytes) -> None:
         os.unlink(path)
 
 
+class _Writers:
+    """The restore worker processes, the windows each has in hand, and a thread
+    per worker that always reads its answers (so neither side blocks the other)."""
+
+    def __init__(self, repo: Repository, count: int) -> None:
+        config = {"key": repo.key.export(), "repository": repo.backend.location}
+        self.procs = [WorkerProcess("sidecar.repo.restoreworker") for _ in range(count)]
+        self.pending: list[collections.deque] = [collections.deque() for _ in self.procs]
+        self.answers: list[queue.Queue] = [queue.Queue() for _ in self.procs]
+        for proc, answers in zip(self.procs, self.answers, strict=True):
+            proc.send(("init", config))
+            threading.Thread(target=self._read, args=(proc, answers), name="restore-listen", daemon=True).start()
+
+    @staticmethod
+    def _read(proc: WorkerProcess, answers: queue.Queue) -> None:
+        try:
+            while True:
+                answers.put(proc.recv())
+        except (EOFError, OSError) as exc:
+            answers.put(("gone", exc))
+
+    def __enter__(self) -> _Writers:
+        return self
+
+    def __exit__(self, exc_type: object, *rest: object) -> None:
+        for proc in self.procs:
+            with contextlib.suppress(OSError):
+                if exc_type is None:
+                    proc.send(("stop",))
+                else:
+                    proc.hang_up()
+        for proc in self.procs:
+            proc.wait()
+
+    def send(self, worker: int, window: object, files: list, blobs: list) -> None:
+        self.procs[worker].send(("window", len(self.pending[worker]), files, blobs))
+        self.pending[worker].append(window)
+
+    def receive(self, worker: int) -> tuple[object, list, list]:
+        """The oldest window of `worker`, once written: (window, results, warnings)."""
+        msg = self.answers[worker].get()
+        if msg[0] == "gone":
+            raise RestoreFailed(f"a restore worker stopped unexpectedly ({msg[1].__class__.__name__})")
+        if msg[0] == "error":
+            raise msg[1]
+        return self.pending[worker].popleft(), msg[2], msg[3]
+
+
+class _File:
+    __slots__ = ("entry", "final", "tmp")
+
+    def __init__(self, entry: dict, final: bytes) -> None:
+        self.entry = entry
+        self.final = final
+        self.tmp = final.rpartition(b"/")[0] + b"/.w9r-%d-%d.tmp" % (_PID, next(_counter))
+
+
 class _TreeRestore:
     def __init__(
         self,
@@ -119,14 +162,14 @@ class _TreeRestore:
         source: SourceRecord,
         dest: bytes,
         delete: bool,
-        threads: int,
+        writers: _Writers,
         progress: Progress | None,
         result: RestoreResult,
     ) -> None:
         self.repo = repo
         self.source = source
         self.dest = dest
-        self.threads = threads
+        self.writers = writers
         self.progress = progress
         self.result = result
         self.meta = MetadataWriter(self._warn)
@@ -134,9 +177,8 @@ class _TreeRestore:
         self.dir_meta: list[tuple[bytes, dict]] = []
         self.hardlinks: list[tuple[bytes, bytes]] = []
         self.failed_paths: set[bytes] = set()
-        self.window: list[_FileState] = []
+        self.window: list[_File] = []
         self.window_bytes = 0
-        self.window_open = 0
         try:
             os.makedirs(dest, exist_ok=True)
         except OSError as exc:
@@ -183,7 +225,10 @@ class _TreeRestore:
                 self.hardlinks.append((path, os.path.join(self.dest, link)))
             else:
                 self._make_special(path, entry)
-        self._run_window()
+        self._send_window()
+        for worker in range(len(self.writers.procs)):
+            while self.writers.pending[worker]:
+                self._collect(worker)
         for path, first in self.hardlinks:
             if first in self.failed_paths:
                 self._error(path, "not restored: the file it links to could not be restored")
@@ -235,153 +280,78 @@ class _TreeRestore:
     # ---- regular files ---------------------------------------------------------------
 
     def _add_file(self, entry: dict, path: bytes) -> None:
-        blobs = entry.get("blobs", [])
-        state = _FileState(entry, path, len(blobs))
-        if not blobs:
-            self._finish_file(state)
-            return
-        self.window.append(state)
+        self.window.append(_File(entry, path))
         self.window_bytes += entry.get("size", 0)
-        if len(blobs) > 1:
-            self.window_open += 1
-        if (
-            self.window_bytes >= WINDOW_BYTES
-            or len(self.window) >= WINDOW_FILES
-            or self.window_open >= WINDOW_OPEN_FILES
-        ):
-            self._run_window()
+        if self.window_bytes >= WINDOW_BYTES or len(self.window) >= WINDOW_FILES:
+            self._send_window()
 
-    def _run_window(self) -> None:
+    def _send_window(self) -> None:
+        """Plan the gathered files and hand them to the workers: a file goes to the
+        worker of its first blob's pack, with every group its content needs."""
         window, self.window = self.window, []
-        self.window_bytes = self.window_open = 0
+        self.window_bytes = 0
         if not window:
             return
-        by_pack: dict[str, list[tuple[bytes, BlobLocation, list[tuple[_FileState, int]]]]] = {}
-        seen: dict[bytes, list[tuple[_FileState, int]]] = {}
-        for state in window:
-            offset = 0
-            for blob_hex in state.entry["blobs"]:
+        count = len(self.writers.procs)
+        files: list[list] = [[] for _ in range(count)]
+        blobs: list[dict[bytes, tuple]] = [{} for _ in range(count)]
+        placed: list[list[_File]] = [[] for _ in range(count)]
+        index = self.index
+        for item in window:
+            hexes = item.entry.get("blobs", ())
+            locations = []
+            for blob_hex in hexes:
                 blob_id = bytes.fromhex(blob_hex)
-                targets = seen.get(blob_id)
-                if targets is None:
-                    loc = self.index.get(blob_id)
-                    if loc is None:
-                        self._fail_file(state, f"blob {blob_hex[:16]} is missing from the repository")
-                        break
-                    targets = seen[blob_id] = []
-                    by_pack.setdefault(loc.pack_id, []).append((blob_id, loc, targets))
-                targets.append((state, offset))
-                offset += self._raw_length(blob_id)
-        runs = []
-        for pack_id, blobs in by_pack.items():
-            blobs.sort(key=lambda b: (b[1].offset, b[1].inner))
-            run = [blobs[0]]
-            for item in blobs[1:]:
-                last = run[-1][1]
-                start = run[0][1].offset
-                if (
-                    item[1].offset - (last.offset + last.length) <= MAX_GAP
-                    and item[1].offset + item[1].length - start <= MAX_RUN
-                ):
-                    run.append(item)
-                else:
-                    runs.append((pack_id, run))
-                    run = [item]
-            runs.append((pack_id, run))
-        with ThreadPoolExecutor(self.threads) as pool:
-            for future in [pool.submit(self._restore_run, p, r) for p, r in runs]:
-                future.result()
-        for state in window:  # files with a missing blob never reached zero
-            if not state.finished:
-                self._fail_file(state, state.failed or "incomplete")
-                self._finish_file(state)
+                loc = index.get(blob_id)
+                if loc is None:
+                    self._failed(item, f"blob {blob_hex[:16]} is missing from the repository")
+                    break
+                locations.append((blob_id, loc))
+            else:
+                worker = hash(locations[0][1].pack_id) % count if locations else next(_counter) % count
+                file_no = len(files[worker])
+                files[worker].append((item.tmp, item.final, item.entry))
+                placed[worker].append(item)
+                offset = 0
+                for blob_id, loc in locations:
+                    known = blobs[worker].get(blob_id)
+                    if known is None:
+                        known = blobs[worker][blob_id] = (
+                            loc.pack_id,
+                            loc.offset,
+                            loc.length,
+                            loc.inner,
+                            loc.raw_length,
+                            blob_id,
+                            [],
+                        )
+                    known[6].append((file_no, offset))
+                    offset += loc.raw_length
+        for worker in range(count):
+            if not files[worker]:
+                continue
+            while len(self.writers.pending[worker]) >= WINDOWS_IN_FLIGHT:
+                self._collect(worker)
+            self.writers.send(worker, placed[worker], files[worker], list(blobs[worker].values()))
 
-    def _raw_length(self, blob_id: bytes) -> int:
-        loc = self.index.get(blob_id)
-        return loc.raw_length if loc else 0
+    def _collect(self, worker: int) -> None:
+        placed, results, warnings = self.writers.receive(worker)
+        for path, message in warnings:
+            self._warn(path, message)
+        for file_no, error in results:
+            item = placed[file_no]
+            if error is not None:
+                self._failed(item, error)
+                continue
+            size = item.entry.get("size", 0)
+            self.result.files += 1
+            self.result.bytes += size
+            if self.progress:
+                self.progress.add(1, size)
 
-    def _restore_run(self, pack_id: str, run: list[tuple[bytes, BlobLocation, list[tuple[_FileState, int]]]]) -> None:
-        start = run[0][1].offset
-        end = max(loc.offset + loc.length for _, loc, _ in run)
-        try:
-            data = memoryview(self.repo.backend.get(pack_object_name(pack_id), start, end - start))
-        except BackupError as exc:
-            for _blob_id, _loc, targets in run:
-                for state, _ in targets:
-                    self._blob_done(state, None, 0, f"pack {pack_id[:12]} unreadable: {exc}")
-            return
-        group_at, group = -1, b""
-        group_problem: str | None = None
-        for blob_id, loc, targets in run:
-            if loc.offset != group_at:
-                group_at = loc.offset
-                try:
-                    group, group_problem = (
-                        self.repo.codec.decode(data[loc.offset - start : loc.offset - start + loc.length]),
-                        None,
-                    )
-                except IntegrityError as exc:
-                    group, group_problem = b"", f"damaged data in pack {pack_id[:12]}: {exc}"
-            problem = group_problem
-            plain: bytes | None = None
-            if problem is None:
-                try:
-                    plain = self.repo.blob_from_group(blob_id, loc, group)
-                except IntegrityError as exc:
-                    problem = f"damaged data in pack {pack_id[:12]}: {exc}"
-            for state, offset in targets:
-                self._blob_done(state, plain, offset, problem)
-
-    def _blob_done(self, state: _FileState, data: bytes | None, offset: int, problem: str | None) -> None:
-        with state.lock:
-            try:
-                if problem is not None:
-                    state.failed = state.failed or problem
-                elif state.failed is None:
-                    if state.fd < 0:
-                        state.fd = os.open(state.tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
-                    os.pwrite(state.fd, data, offset)
-            except OSError as exc:
-                state.failed = f"cannot write: {exc.strerror}"
-            state.remaining -= 1
-            if state.remaining == 0:
-                self._finish_file(state)
-
-    def _fail_file(self, state: _FileState, message: str) -> None:
-        state.failed = state.failed or message
-
-    def _finish_file(self, state: _FileState) -> None:
-        state.finished = True
-        entry = state.entry
-        try:
-            if state.failed is None:
-                if state.fd < 0:
-                    state.fd = os.open(state.tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
-                size = entry.get("size", 0)
-                if os.fstat(state.fd).st_size != size:
-                    os.ftruncate(state.fd, size)
-                self.meta.apply_fd(state.fd, state.final, entry)
-                os.close(state.fd)
-                state.fd = -1
-                if os.path.isdir(state.final) and not os.path.islink(state.final):
-                    shutil.rmtree(state.final)
-                os.rename(state.tmp, state.final)
-                with self._lock:
-                    self.result.files += 1
-                    self.result.bytes += size
-                if self.progress:
-                    self.progress.add(1, size)
-                return
-        except OSError as exc:
-            state.failed = f"cannot write: {exc.strerror}"
-        if state.fd >= 0:
-            os.close(state.fd)
-            state.fd = -1
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(state.tmp)
-        with self._lock:
-            self.failed_paths.add(state.final)
-        self._error(state.final, f"not restored: {state.failed}")
+    def _failed(self, item: _File, message: str) -> None:
+        self.failed_paths.add(item.final)
+        self._error(item.final, f"not restored: {message}")
 
     # ---- making the target exact ---------------------------------------------------------
 

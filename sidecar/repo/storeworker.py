@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import gc
 import os
 import queue
 import signal
@@ -284,6 +285,7 @@ def worker_main(conn: Connection) -> None:
     """Entry point of the worker process."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when to stop
     limit_arenas()
+    gc.disable()  # nothing here makes reference cycles; the collector only costs time
     worker = None
     try:
         msg = conn.recv()

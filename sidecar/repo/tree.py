@@ -58,8 +58,8 @@ def check_relative(path: bytes) -> bytes:
     """Refuse paths that could escape a restore target ("..", absolute, empty parts)."""
     if path == b".":
         return path
-    parts = path.split(b"/")
-    if not path or path.startswith(b"/") or b"\0" in path or any(p in (b"", b".", b"..") for p in parts):
+    wrapped = b"/" + path + b"/"
+    if not path or path[0] == 47 or b"\0" in path or b"//" in wrapped or b"/./" in wrapped or b"/../" in wrapped:
         raise IntegrityError(f"unsafe path in tree: {path!r}")
     return path
 

@@ -22,8 +22,15 @@ def codec() -> Codec:
     return Codec(MasterKey.generate())
 
 
+def framed(codec: Codec, plaintext: bytes) -> bytearray:
+    """A hand-made object: first byte as the (authenticated) flag, the rest as the body."""
+    if not plaintext:
+        return bytearray(codec.key.seal(b""))  # too short to hold a flag
+    return codec.key.seal_framed(plaintext[0], plaintext[1:])
+
+
 def flag_of(codec: Codec, sealed: bytes) -> int:
-    return codec.key.open(sealed)[0]
+    return codec.key.open_framed(sealed)[0]
 
 
 @pytest.mark.parametrize(
@@ -115,7 +122,7 @@ def test_encoding_is_deterministic_in_content_only(codec):
         (b"\x07" + b"payload", "flag 7"),
         (b"\x02", "flag 2"),
         (b"\xff" + TEXT_300K[:100], "flag 255"),
-        (b"", "empty"),
+        (b"", "too short"),
         (b"\x01" + b"this is not a zstd frame", "decompress"),
         (b"\x01", "decompress"),
         (b"\x01" + zstandard.ZstdCompressor().compress(TEXT_300K)[:-10], "decompress"),
@@ -123,15 +130,22 @@ def test_encoding_is_deterministic_in_content_only(codec):
     ids=["flag-7", "flag-2", "flag-255", "empty-payload", "zstd-garbage", "zstd-empty", "zstd-truncated"],
 )
 def test_bad_payload_is_integrity_error(codec, plaintext, message):
-    sealed = codec.key.seal(plaintext)
+    sealed = framed(codec, plaintext)
     with pytest.raises(IntegrityError, match=message):
         codec.decode(sealed)
 
 
 def test_hand_made_payloads_with_valid_flags_decode(codec):
-    assert codec.decode(codec.key.seal(b"\x00hello")) == b"hello"
+    assert codec.decode(framed(codec, b"\x00hello")) == b"hello"
     frame = zstandard.ZstdCompressor().compress(b"hello" * 100)
-    assert codec.decode(codec.key.seal(b"\x01" + frame)) == b"hello" * 100
+    assert codec.decode(framed(codec, b"\x01" + frame)) == b"hello" * 100
+
+
+def test_flag_is_authenticated(codec):
+    sealed = codec.encode(TEXT_300K)
+    sealed[0] ^= 1  # claim "raw" for a zstd body: the tag must fail
+    with pytest.raises(IntegrityError):
+        codec.decode(sealed)
 
 
 @pytest.mark.parametrize("data", [b"", b"short", TEXT_300K, RANDOM_100K])

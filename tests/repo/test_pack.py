@@ -154,7 +154,7 @@ def test_every_blob_decodes_from_its_group(backend, codec):
 def test_groups_are_compressed_when_it_helps(backend, codec):
     info, _ = store_pack(backend, codec)
     spans = list(group_spans(list(info.entries)))
-    flags = [codec.key.open(backend.get(pack_object_name(info.name), o, n))[0] for o, n in spans]
+    flags = [codec.key.open_framed(backend.get(pack_object_name(info.name), o, n))[0] for o, n in spans]
     assert flags[1] == flags[2] == ZSTD
     assert flags[0] == flags[3] == 0
 
