@@ -319,8 +319,10 @@ def test_prune_repacks_partly_used_packs(cli, repo, tmp_path, same_tree, snapsho
     report = ok(cli("prune", "--repo", repo, "--max-unused", "1", "--json")).json()
     assert report["packs_repacked"] > 0, report
     assert report["packs_written"] > 0
-    assert report["bytes_freed"] >= 1 << 20
-    assert repo_size(repo) <= size - (1 << 20)
+    # blob.bin (1 MiB) may be cut in two chunks (the boundaries depend on the repository's
+    # secret chunker seed); a piece under 256 KiB shares a group with the kept files
+    assert report["bytes_freed"] >= 1 << 19
+    assert repo_size(repo) <= size - (1 << 19)
     check_ok(cli, repo, "--read-data")
     target = tmp_path / "restored"
     restore(cli, repo, second["snapshot_id"], target)
