@@ -35,7 +35,7 @@ log = logging.getLogger(__name__)
 
 BATCH_FILES = 64
 BATCH_BYTES = 4 << 20
-MAX_PENDING = 16384  # entries walked but not yet written to the listing
+MAX_PENDING = 4096  # entries walked but not yet written to the listing
 
 
 class Progress(Protocol):

@@ -3,12 +3,20 @@
 On disk: sealed JSON objects `index/<id>`, each
     {"supersedes": [index ids],
      "packs": [{"id": pack, "blobs": [[blob, type, offset, length, inner, raw_length], ...]}]}
-In memory: one int per blob (no tuple, no per-entry objects), so a
-repository of millions of blobs fits in a small sidecar.
+
+In memory, most entries live in two flat, sorted buffers: 56-byte records
+(id, pack number, offset, length, inner, raw length, type) and the first 8
+bytes of each id as a machine integer for binary search. That is 64 bytes a
+blob instead of ~170 for a dict entry, so a sidecar can hold millions of
+blobs. New entries go to a small dict first and are merged in when it grows.
 """
 
 from __future__ import annotations
 
+import struct
+import sys
+from array import array
+from bisect import bisect_left
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
@@ -17,6 +25,9 @@ from sidecar.repo.pack import TYPE_CODES, TYPE_NAMES, PackEntry, PackInfo
 
 _M32 = 0xFFFFFFFF
 _HEX = "0123456789abcdef"
+_RECORD = struct.Struct("<32sIIIIIB3x")
+_SIZE = _RECORD.size  # 56
+MERGE_AT = 65536  # entries in the dict before they are merged into the sorted buffers
 
 
 @dataclass(frozen=True, slots=True)
@@ -29,21 +40,41 @@ class BlobLocation:
     raw_length: int
 
 
+def _prefix(blob_id: bytes) -> int:
+    return int.from_bytes(blob_id[:8], "big")
+
+
 class Index:
-    """All blobs of a repository. Reads are safe from any thread; `add_pack`
-    runs under the caller's lock."""
+    """All blobs of a repository. Lookups are safe from any thread while one
+    thread (or the caller's lock) adds entries: readers look in the dict of
+    recent entries first, and a merge publishes the new buffers before it
+    empties that dict."""
 
     def __init__(self) -> None:
         self._packs: list[str] = []
         self._pack_numbers: dict[str, int] = {}
-        self._blobs: dict[bytes, int] = {}
+        self._sorted: tuple[array, bytes] = (array("Q"), b"")
+        self._recent: dict[bytes, tuple[int, int, int, int, int, int]] = {}
         self.loaded_ids: set[str] = set()
 
     def __len__(self) -> int:
-        return len(self._blobs)
+        return len(self._sorted[0]) + len(self._recent)
 
     def __contains__(self, blob_id: bytes) -> bool:
-        return blob_id in self._blobs
+        return blob_id in self._recent or self._find(blob_id) >= 0
+
+    def _find(self, blob_id: bytes) -> int:
+        """Offset of the record in the sorted buffer, or -1."""
+        prefixes, records = self._sorted
+        key = _prefix(blob_id)
+        i = bisect_left(prefixes, key)
+        n = len(prefixes)
+        while i < n and prefixes[i] == key:
+            at = i * _SIZE
+            if records[at : at + 32] == blob_id:
+                return at
+            i += 1
+        return -1
 
     def _pack_number(self, pack_id: str) -> int:
         n = self._pack_numbers.get(pack_id)
@@ -53,33 +84,72 @@ class Index:
         return n
 
     def add(self, blob_id: bytes, pack_id: str, e: PackEntry) -> None:
-        if blob_id in self._blobs:
-            return  # a duplicate (two backups stored the same blob); the first copy serves
-        head = self._pack_number(pack_id) << 1 | e.type
-        self._blobs[blob_id] = (((head << 32 | e.offset) << 32 | e.length) << 32 | e.inner) << 32 | e.raw_length
+        """Record a blob; if it is already known, the first copy keeps serving
+        (duplicates against the sorted buffers are dropped when merging)."""
+        if blob_id in self._recent:
+            return
+        self._recent[blob_id] = (self._pack_number(pack_id), e.offset, e.length, e.inner, e.raw_length, e.type)
+        if len(self._recent) >= max(MERGE_AT, len(self._sorted[0]) // 4):
+            self.merge()
 
     def add_pack(self, info: PackInfo) -> None:
         for e in info.entries:
             self.add(e.blob_id, info.name, e)
 
+    def merge(self) -> None:
+        """Move the recent entries into the sorted buffers: C-level sorting and
+        searching, and one slice of the old buffers per new entry."""
+        recent = self._recent
+        if not recent:
+            return
+        prefixes, records = self._sorted
+        keys = sorted(recent)
+        new_prefixes = [int.from_bytes(k[:8], "big") for k in keys]
+        at = [bisect_left(prefixes, p) for p in new_prefixes] if prefixes else [0] * len(keys)
+        count = len(prefixes)
+        clash = [i for i, (p, a) in enumerate(zip(new_prefixes, at, strict=True)) if a < count and prefixes[a] == p]
+        if clash:  # rare: an 8-byte prefix already present; drop the ids already indexed (first copy serves)
+            known = {i for i in clash if self._find(keys[i]) >= 0}
+            keys = [k for i, k in enumerate(keys) if i not in known]
+            new_prefixes = [p for i, p in enumerate(new_prefixes) if i not in known]
+            at = [a for i, a in enumerate(at) if i not in known]
+        at.append(count)
+        old_records, old_prefixes = memoryview(records), memoryview(prefixes).cast("B")
+        pack = _RECORD.pack
+        record_parts = [old_records[: at[0] * _SIZE]]
+        prefix_parts = [old_prefixes[: at[0] * 8]]
+        order = sys.byteorder
+        for i, k in enumerate(keys):
+            lo, hi = at[i], at[i + 1]
+            record_parts += (pack(k, *recent[k]), old_records[lo * _SIZE : hi * _SIZE])
+            prefix_parts += (new_prefixes[i].to_bytes(8, order), old_prefixes[lo * 8 : hi * 8])
+        merged = array("Q")
+        merged.frombytes(b"".join(prefix_parts))
+        self._sorted = (merged, b"".join(record_parts))  # publish first ...
+        self._recent = {}  # ... then forget (see the class docstring)
+
     def get(self, blob_id: bytes) -> BlobLocation | None:
-        code = self._blobs.get(blob_id)
-        if code is None:
-            return None
-        raw, inner = code & _M32, (code >> 32) & _M32
-        length, offset = (code >> 64) & _M32, (code >> 96) & _M32
-        head = code >> 128
-        return BlobLocation(self._packs[head >> 1], head & 1, offset, length, inner, raw)
+        fields = self._recent.get(blob_id)
+        if fields is None:
+            at = self._find(blob_id)
+            if at < 0:
+                return None
+            fields = _RECORD.unpack_from(self._sorted[1], at)[1:]
+        pack, offset, length, inner, raw, blob_type = fields
+        return BlobLocation(self._packs[pack], blob_type, offset, length, inner, raw)
 
     def blob_ids(self) -> Iterator[bytes]:
-        return iter(self._blobs)
+        records = self._sorted[1]
+        for at in range(0, len(records), _SIZE):
+            yield records[at : at + 32]
+        yield from list(self._recent)
 
     def pack_ids(self) -> set[str]:
         return set(self._packs)
 
     def entries_by_pack(self) -> dict[str, list[tuple[bytes, BlobLocation]]]:
         out: dict[str, list[tuple[bytes, BlobLocation]]] = {}
-        for blob_id in self._blobs:
+        for blob_id in self.blob_ids():
             loc = self.get(blob_id)
             assert loc is not None
             out.setdefault(loc.pack_id, []).append((blob_id, loc))

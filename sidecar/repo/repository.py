@@ -209,30 +209,41 @@ class Repository:
 
     def index(self, reload: bool = False) -> Index:
         """All blobs of the repository. A damaged index file is skipped (and noted
-        in `problems`): its blobs then count as missing, which `check` reports."""
+        in `problems`): its blobs then count as missing, which `check` reports.
+        Index files are read a few at a time, so loading never holds them all."""
         if self._index is None or reload:
-            index = Index()
             ids = self.list_ids("index")
+            index, superseded = self._load_index(ids, skip=set())
+            if superseded & index.loaded_ids:  # an interrupted prune left superseded files: load without them
+                index, _ = self._load_index(ids, skip=superseded)
+            index.merge()
+            self._index = index
+        return self._index
 
-            def load(index_id: str) -> tuple[str, dict | None]:
-                try:
-                    return index_id, self.load_json("index", index_id)
-                except BackupError as exc:
-                    self._problem(f"index {index_id} skipped: {exc}")
-                    return index_id, None
+    def _load_index(self, ids: list[str], skip: set[str]) -> tuple[Index, set[str]]:
+        index, superseded = Index(), set()
 
-            with ThreadPoolExecutor(4) as pool:
-                docs = [(i, d) for i, d in pool.map(load, ids) if d is not None]
-            superseded = {s for _, doc in docs for s in doc.get("supersedes", [])}
-            for index_id, doc in docs:
-                if index_id not in superseded:
+        def load(index_id: str) -> dict | None:
+            try:
+                return self.load_json("index", index_id)
+            except BackupError as exc:
+                self._problem(f"index {index_id} skipped: {exc}")
+                return None
+
+        wanted = [i for i in ids if i not in skip]
+        with ThreadPoolExecutor(4) as pool:
+            for start in range(0, len(wanted), 4):
+                batch = wanted[start : start + 4]
+                for index_id, doc in zip(batch, pool.map(load, batch), strict=True):
+                    if doc is None:
+                        continue
+                    superseded.update(doc.get("supersedes", []))
                     try:
                         index.load_document(doc)
                     except BackupError as exc:
                         self._problem(f"index {index_id} partly skipped: {exc}")
                     index.loaded_ids.add(index_id)
-            self._index = index
-        return self._index
+        return index, superseded
 
     def _problem(self, message: str) -> None:
         log.warning("%s", message)

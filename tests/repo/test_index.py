@@ -226,3 +226,49 @@ def test_damaged_document_is_integrity_error(change):
 def test_out_of_range_document_values_are_integrity_error(change):
     with pytest.raises(IntegrityError):
         Index().load_document(damaged(change))
+
+
+# ---- the compact sorted buffers ------------------------------------------------------------------
+
+
+def test_entries_survive_merges_and_lookups_see_every_state(monkeypatch):
+    import random
+
+    import sidecar.repo.index as index_module
+
+    monkeypatch.setattr(index_module, "MERGE_AT", 7)
+    rng = random.Random(5)
+    index = Index()
+    expected: dict[bytes, tuple] = {}
+    shared = rng.randbytes(8)  # ids that agree on the 8 bytes the binary search uses
+    for n in range(1500):
+        blob_id = (shared if n % 10 == 0 else rng.randbytes(8)) + rng.randbytes(24)
+        entry = PackEntry(blob_id, n % 2, n * 7, n + 1, n * 3, n * 5)
+        pack = f"{n % 13:064x}"
+        index.add(blob_id, pack, entry)
+        expected[blob_id] = (pack, entry)
+        if n % 97 == 0:  # every id added so far is found, whatever was merged
+            assert all(i in index for i in expected)
+    index.add(next(iter(expected)), "f" * 64, PackEntry(b"", 0, 1, 1, 0, 1))  # a duplicate: the first copy stays
+    index.merge()
+    assert len(index) == len(expected)
+    assert set(index.blob_ids()) == set(expected)
+    for blob_id, (pack, e) in expected.items():
+        assert index.get(blob_id) == BlobLocation(pack, e.type, e.offset, e.length, e.inner, e.raw_length)
+    assert index.get(shared + bytes(24)) is None
+    assert bytes(32) not in index
+
+
+def test_an_index_of_many_blobs_is_small():
+    import os
+    import tracemalloc
+
+    tracemalloc.start()
+    index = Index()
+    for n in range(60_000):
+        index.add(os.urandom(32), f"{n // 1000:064x}", PackEntry(b"", 0, n, 100, 0, 100))
+    index.merge()
+    size, _peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    assert len(index) == 60_000
+    assert size < 60_000 * 80, f"{size / 60_000:.0f} bytes a blob"
