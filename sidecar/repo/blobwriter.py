@@ -62,6 +62,7 @@ class BlobWriter:
         self._sources = sources  # stats by source key (index in this list)
         self._index = repo.index()
         self._lock = threading.Lock()
+        self._index_lock = threading.Lock()
         self._slots = threading.Condition(self._lock)
         self._claimed: set[bytes] = set()
         self._unindexed: list[tuple[str, list[PackEntry]]] = []
@@ -172,11 +173,13 @@ class BlobWriter:
 
     def _pack_stored(self, pack_id: str, entries: list[tuple], stored: dict[int, int]) -> None:
         pack_entries = [PackEntry(*e) for e in entries]
+        with self._index_lock:  # not the claim lock: a merge of the index must not stall claims
+            for e in pack_entries:
+                self._index.add(e.blob_id, pack_id, e)
         with self._lock:
             claimed = self._claimed
             for e in pack_entries:
-                self._index.add(e.blob_id, pack_id, e)
-                claimed.discard(e.blob_id)  # the index knows it now; keep the claim set small
+                claimed.discard(e.blob_id)  # the index knows it now (added first): keep the claim set small
             for source, nbytes in stored.items():
                 if source >= 0:
                     self._sources[source].stored_bytes += nbytes
@@ -191,11 +194,12 @@ class BlobWriter:
     def adopt(self, packs: list[tuple[str, list[PackEntry]]]) -> None:
         """Reuse packs an interrupted backup stored but never indexed: their blobs
         count as present, and this backup's index names them."""
-        with self._lock:
+        with self._index_lock:
             for pack_id, entries in packs:
                 for e in entries:
                     self._index.add(e.blob_id, pack_id, e)
-                self._unindexed.append((pack_id, entries))
+        with self._lock:
+            self._unindexed.extend(packs)
 
     def _write_index(self) -> None:
         with self._lock:

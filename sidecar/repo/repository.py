@@ -12,6 +12,7 @@ import json
 import logging
 import os
 import socket
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from typing import Any
@@ -30,7 +31,7 @@ from sidecar.repo.backends.base import Backend, ObjectNotFound
 from sidecar.repo.chunker import Chunker, ChunkerParams
 from sidecar.repo.codec import DEFAULT_LEVEL, Codec
 from sidecar.repo.crypto import MasterKey
-from sidecar.repo.index import BlobLocation, Index
+from sidecar.repo.index import BlobLocation, Index, iter_index_packs
 from sidecar.repo.locks import REFRESH_EVERY, RepositoryLock, acquire_lock
 from sidecar.repo.pack import TARGET_PACK_SIZE, PackEntry, pack_object_name, read_header
 from sidecar.repo.snapshot import SnapshotRecord, format_time
@@ -230,19 +231,24 @@ class Repository:
                 self._problem(f"index {index_id} skipped: {exc}")
                 return None
 
-        wanted = [i for i in ids if i not in skip]
-        with ThreadPoolExecutor(4) as pool:
-            for start in range(0, len(wanted), 4):
-                batch = wanted[start : start + 4]
-                for index_id, doc in zip(batch, pool.map(load, batch), strict=True):
-                    if doc is None:
-                        continue
-                    superseded.update(doc.get("supersedes", []))
-                    try:
-                        index.load_document(doc)
-                    except BackupError as exc:
-                        self._problem(f"index {index_id} partly skipped: {exc}")
-                    index.loaded_ids.add(index_id)
+        def all_packs() -> Iterator[tuple[str, list[PackEntry]]]:
+            wanted = [i for i in ids if i not in skip]
+            with ThreadPoolExecutor(4) as pool:
+                for start in range(0, len(wanted), 4):
+                    batch = wanted[start : start + 4]
+                    for index_id, doc in zip(batch, pool.map(load, batch), strict=True):
+                        if doc is None:
+                            continue
+                        superseded.update(doc.get("supersedes", []))
+                        try:
+                            packs = list(iter_index_packs(doc))
+                        except BackupError as exc:
+                            self._problem(f"index {index_id} skipped: {exc}")
+                            continue
+                        index.loaded_ids.add(index_id)
+                        yield from packs
+
+        index.load_sorted(all_packs())
         return index, superseded
 
     def _problem(self, message: str) -> None:

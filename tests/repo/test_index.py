@@ -272,3 +272,20 @@ def test_an_index_of_many_blobs_is_small():
     tracemalloc.stop()
     assert len(index) == 60_000
     assert size < 60_000 * 80, f"{size / 60_000:.0f} bytes a blob"
+
+
+def test_load_sorted_keeps_the_first_copy_and_finds_everything():
+    import random
+
+    rng = random.Random(9)
+    ids = [rng.randbytes(32) for _ in range(3000)]
+    first = [(f"{p:064x}", [PackEntry(ids[p * 100 + i], p % 2, i, 10, 0, 10) for i in range(100)]) for p in range(30)]
+    again = [("e" * 64, [PackEntry(ids[i], 1, 999, 9, 9, 9) for i in range(0, 3000, 7)])]  # duplicates, loaded later
+    index = Index()
+    index.load_sorted(iter(first + again))
+    assert len(index) == 3000
+    for p, (pack, entries) in enumerate(first):
+        for i, e in enumerate(entries):
+            assert index.get(e.blob_id) == BlobLocation(pack, p % 2, i, 10, 0, 10)
+    with pytest.raises(ValueError):
+        index.load_sorted(iter(first))
