@@ -86,14 +86,6 @@ class BlobWriter:
 
     # ---- dedup -----------------------------------------------------------------------
 
-    def claim(self, blob_id: bytes) -> bool:
-        """True when the caller must store this blob: nobody has it yet."""
-        with self._lock:
-            if blob_id in self._claimed or blob_id in self._index:
-                return False
-            self._claimed.add(blob_id)
-            return True
-
     def _claim_many(self, candidates: list[tuple[bytes, int]], source: int) -> list[bool]:
         stats = self._sources[source] if source >= 0 else None
         out = []

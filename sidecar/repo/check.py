@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from sidecar.errors import BackupError
 from sidecar.repo import tree
 from sidecar.repo.index import iter_index_packs
-from sidecar.repo.pack import PackEntry, group_spans, pack_object_name, parse_header, read_header
+from sidecar.repo.pack import PackEntry, extract_blob, group_spans, pack_object_name, parse_header, read_header
 from sidecar.repo.repository import Repository
 from sidecar.repo.snapshot import SnapshotRecord
 
@@ -70,9 +70,10 @@ def _read_pack(repo: Repository, pack_id: str, expected: list[PackEntry]) -> tup
             damaged.update(e.blob_id for e in members)
             continue
         for e in members:
-            loc_group = group[e.inner : e.inner + e.raw_length]
-            if len(loc_group) != e.raw_length or repo.key.blob_id(loc_group) != e.blob_id:
-                problems.append(f"pack {pack_id}: blob {e.blob_id.hex()[:16]} does not match its id")
+            try:
+                extract_blob(repo.key, e.blob_id, group, e.inner, e.raw_length)
+            except BackupError as exc:
+                problems.append(f"pack {pack_id}: {exc}")
                 damaged.add(e.blob_id)
     try:
         size = len(data)

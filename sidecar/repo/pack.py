@@ -21,6 +21,7 @@ import secrets
 import struct
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from sidecar.errors import IntegrityError, disk_full
 from sidecar.repo.backends.base import Backend
@@ -149,3 +150,16 @@ def group_spans(entries: list[PackEntry]) -> dict[tuple[int, int], list[PackEntr
     for e in entries:
         groups.setdefault((e.offset, e.length), []).append(e)
     return groups
+
+
+def extract_blob(key: Any, blob_id: bytes, group: bytes, inner: int, raw_length: int) -> bytes:
+    """A blob's plaintext out of its decoded group, checked against its keyed id."""
+    if inner == 0 and raw_length == len(group):
+        data = group
+    else:
+        data = group[inner : inner + raw_length]
+        if len(data) != raw_length:
+            raise IntegrityError(f"blob {blob_id.hex()[:16]} lies outside its group")
+    if key.blob_id(data) != blob_id:
+        raise IntegrityError(f"blob {blob_id.hex()[:16]} does not match its id")
+    return data

@@ -33,7 +33,7 @@ from sidecar.repo.codec import DEFAULT_LEVEL, Codec
 from sidecar.repo.crypto import MasterKey
 from sidecar.repo.index import BlobLocation, Index, iter_index_packs
 from sidecar.repo.locks import REFRESH_EVERY, RepositoryLock, acquire_lock
-from sidecar.repo.pack import TARGET_PACK_SIZE, PackEntry, pack_object_name, read_header
+from sidecar.repo.pack import TARGET_PACK_SIZE, PackEntry, extract_blob, pack_object_name, read_header
 from sidecar.repo.snapshot import SnapshotRecord, format_time
 
 log = logging.getLogger(__name__)
@@ -280,15 +280,7 @@ class Repository:
 
     def blob_from_group(self, blob_id: bytes, loc: BlobLocation, group: bytes) -> bytes:
         """The blob's plaintext out of its decoded group, checked against its id."""
-        if loc.inner == 0 and loc.raw_length == len(group):
-            data = group
-        else:
-            data = group[loc.inner : loc.inner + loc.raw_length]
-            if len(data) != loc.raw_length:
-                raise IntegrityError(f"blob {blob_id.hex()[:16]} lies outside its group")
-        if self.key.blob_id(data) != blob_id:
-            raise IntegrityError(f"blob {blob_id.hex()[:16]} does not match its id")
-        return data
+        return extract_blob(self.key, blob_id, group, loc.inner, loc.raw_length)
 
     # ---- snapshots ---------------------------------------------------------------
 

@@ -23,7 +23,7 @@ import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
-from sidecar.errors import BackupCorrupted, InvalidRequest, RestoreFailed
+from sidecar.errors import InvalidRequest, RestoreFailed
 from sidecar.repo import tree
 from sidecar.repo.backup import Progress
 from sidecar.repo.fsmeta import MetadataWriter
@@ -373,11 +373,3 @@ class _TreeRestore:
                 except OSError as exc:
                     self._warn(path, f"cannot remove extra entry: {exc.strerror}")
             dirnames[:] = keep_dirs
-
-
-def check_restore_result(result: RestoreResult) -> None:
-    if result.errors:
-        raise BackupCorrupted(
-            f"{len(result.errors)} entries could not be restored; first: "
-            f"{result.errors[0]['path']}: {result.errors[0]['error']}"
-        )

@@ -30,9 +30,8 @@ from sidecar.repo.backends.base import open_backend
 from sidecar.repo.codec import Codec
 from sidecar.repo.crypto import MasterKey
 from sidecar.repo.fsmeta import MetadataWriter
-from sidecar.repo.index import BlobLocation
 from sidecar.repo.memory import limit_arenas
-from sidecar.repo.pack import pack_object_name
+from sidecar.repo.pack import extract_blob, pack_object_name
 
 MAX_RUN = 32 << 20  # one read covers nearby groups up to this size
 MAX_GAP = 256 << 10  # and skips at most this much between them
@@ -131,23 +130,10 @@ class _Writer:
             if group_problem is not None:
                 yield blob, None, group_problem
                 continue
-            loc = BlobLocation(pack_id, 0, offset, length, inner, raw)
             try:
-                yield blob, _blob_from_group(self.key, blob_id, loc, group), None
+                yield blob, extract_blob(self.key, blob_id, group, inner, raw), None
             except IntegrityError as exc:
                 yield blob, None, f"damaged data in pack {pack_id[:12]}: {exc}"
-
-
-def _blob_from_group(key: MasterKey, blob_id: bytes, loc: BlobLocation, group: bytes) -> bytes:
-    if loc.inner == 0 and loc.raw_length == len(group):
-        data = group
-    else:
-        data = group[loc.inner : loc.inner + loc.raw_length]
-        if len(data) != loc.raw_length:
-            raise IntegrityError(f"blob {blob_id.hex()[:16]} lies outside its group")
-    if key.blob_id(data) != blob_id:
-        raise IntegrityError(f"blob {blob_id.hex()[:16]} does not match its id")
-    return data
 
 
 def _runs(blobs: list[tuple]) -> list[list[tuple]]:
