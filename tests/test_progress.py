@@ -17,7 +17,7 @@ def test_line_shows_bytes_files_rate_and_eta():
     assert line.startswith("backup [0:00:0")
     assert "25.0 MiB / 100.0 MiB  25%" in line
     assert "4 files" in line
-    assert re.search(r"\d+(\.\d)? [KMG]iB/s", line)
+    assert re.search(r"\d+(\.\d)? ([KMGT]i)?B/s", line)
     assert "ETA " in line
 
 
