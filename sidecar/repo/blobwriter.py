@@ -57,7 +57,7 @@ class _WorkerHandle(WorkerProcess):
 
 
 class BlobWriter:
-    def __init__(self, repo: Repository, sources: list[SourceStats], workers: int = 2) -> None:
+    def __init__(self, repo: Repository, sources: list[SourceStats], workers: int | None = None) -> None:
         self._repo = repo
         self._sources = sources  # stats by source key (index in this list)
         self._index = repo.index()
@@ -77,7 +77,7 @@ class BlobWriter:
             "repository": repo.backend.location,
             "pack_size": repo.pack_size,
         }
-        self._workers = [_WorkerHandle() for _ in range(worker_count(workers))]
+        self._workers = [_WorkerHandle() for _ in range(worker_count(workers, spare=1))]
         for w in self._workers:
             w.send(("init", config))
             w.thread = threading.Thread(target=self._listen, args=(w,), name="store-listen", daemon=True)

@@ -39,6 +39,7 @@ WINDOW_FILES = 8192
 WINDOWS_IN_FLIGHT = 2  # per worker: one being written, one queued
 _counter = itertools.count()
 _PID = os.getpid()
+_FILE_META = ("type", "mode", "uid", "gid", "mtime_ns", "size", "xattrs")  # what a restore worker needs of an entry
 
 
 @dataclass
@@ -295,7 +296,7 @@ class _TreeRestore:
         count = len(self.writers.procs)
         files: list[list] = [[] for _ in range(count)]
         blobs: list[dict[bytes, tuple]] = [{} for _ in range(count)]
-        placed: list[list[_File]] = [[] for _ in range(count)]
+        placed: list[list[tuple[bytes, int]]] = [[] for _ in range(count)]
         index = self.index
         for item in window:
             hexes = item.entry.get("blobs", ())
@@ -304,14 +305,16 @@ class _TreeRestore:
                 blob_id = bytes.fromhex(blob_hex)
                 loc = index.get(blob_id)
                 if loc is None:
-                    self._failed(item, f"blob {blob_hex[:16]} is missing from the repository")
+                    self._failed(item.final, f"blob {blob_hex[:16]} is missing from the repository")
                     break
                 locations.append((blob_id, loc))
             else:
                 worker = hash(locations[0][1].pack_id) % count if locations else next(_counter) % count
                 file_no = len(files[worker])
-                files[worker].append((item.tmp, item.final, item.entry))
-                placed[worker].append(item)
+                entry = item.entry
+                meta = {key: entry[key] for key in _FILE_META if key in entry}  # not the blob list: that is in `blobs`
+                files[worker].append((item.tmp, item.final, meta))
+                placed[worker].append((item.final, entry.get("size", 0)))
                 offset = 0
                 for blob_id, loc in locations:
                     known = blobs[worker].get(blob_id)
@@ -339,19 +342,18 @@ class _TreeRestore:
         for path, message in warnings:
             self._warn(path, message)
         for file_no, error in results:
-            item = placed[file_no]
+            final, size = placed[file_no]
             if error is not None:
-                self._failed(item, error)
+                self._failed(final, error)
                 continue
-            size = item.entry.get("size", 0)
             self.result.files += 1
             self.result.bytes += size
             if self.progress:
                 self.progress.add(1, size)
 
-    def _failed(self, item: _File, message: str) -> None:
-        self.failed_paths.add(item.final)
-        self._error(item.final, f"not restored: {message}")
+    def _failed(self, final: bytes, message: str) -> None:
+        self.failed_paths.add(final)
+        self._error(final, f"not restored: {message}")
 
     # ---- making the target exact ---------------------------------------------------------
 

@@ -33,7 +33,7 @@ from sidecar.repo.fsmeta import MetadataWriter
 from sidecar.repo.memory import limit_arenas
 from sidecar.repo.pack import extract_blob, pack_object_name
 
-MAX_RUN = 32 << 20  # one read covers nearby groups up to this size
+MAX_RUN = 8 << 20  # one read covers nearby groups up to this size
 MAX_GAP = 256 << 10  # and skips at most this much between them
 _CREATE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC
 

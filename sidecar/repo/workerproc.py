@@ -31,8 +31,11 @@ def _worker_env() -> dict[str, str]:
     return env
 
 
-def worker_count(requested: int | None = None) -> int:
-    return max(1, requested if requested else min(os.cpu_count() or 1, 8))
+def worker_count(requested: int | None = None, spare: int = 0) -> int:
+    """`requested`, or one per core (at most 8) minus `spare` cores left to the parent."""
+    if requested:
+        return max(1, requested)
+    return max(1, min(os.cpu_count() or 1, 8) - spare)
 
 
 class WorkerProcess:
