@@ -545,7 +545,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         format="%(levelname)s %(name)s: %(message)s" if args.debug else "%(levelname)s: %(message)s",
     )
     signal.signal(signal.SIGTERM, _on_sigterm)
-    limit_arenas()
+    limit_arenas(mmap_threshold=1 << 20)
     if args.command == "key" and args.key_command == "remove" and not args.key_id:
         parser.error("key remove needs a key id")
     try:

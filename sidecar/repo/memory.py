@@ -27,10 +27,14 @@ def trim() -> None:
         _libc.malloc_trim(0)
 
 
-def limit_arenas(count: int = 2) -> None:
+def limit_arenas(count: int = 2, mmap_threshold: int | None = None) -> None:
     """Fewer malloc arenas (glibc makes up to 8 per core): less memory kept in
-    half-empty arenas. Call before starting threads. (A fixed, low mmap
-    threshold would return every freed buffer at once, but here the page
-    faults of re-mapping cost 20 % more CPU in a backup: measured.)"""
+    half-empty arenas. With `mmap_threshold`, blocks at least that big are
+    mapped and unmapped on their own instead of fragmenting the heap: right for
+    the parent, whose big blocks are few (listing blobs, messages to workers);
+    wrong for workers, where every chunk is big and re-mapping cost 20 % more
+    CPU in page faults (measured). Call before starting threads."""
     if _libc is not None and hasattr(_libc, "mallopt"):
         _libc.mallopt(-8, count)  # M_ARENA_MAX
+        if mmap_threshold:
+            _libc.mallopt(-3, mmap_threshold)  # M_MMAP_THRESHOLD (also stops glibc raising it)
