@@ -62,48 +62,52 @@ class Chunker:
         for chunk in self._cdc.cut_buf(data):
             yield chunk.data
 
-    def split_stream(self, stream: BinaryIO) -> Iterator[memoryview]:
-        """Chunks of a stream, as views into blocks of at most twice the largest
-        chunk (sized to the data: a small file costs a small buffer). A chunk is
-        cut only with a full window ahead of it (or at the end of the stream),
-        so the boundaries are the same as `split_buffer` on the whole content."""
+    def stream_buffer(self) -> bytearray:
+        """A buffer for `split_stream`, to reuse from one stream to the next."""
+        return bytearray(2 * self.params.max_size)
+
+    def split_stream(self, stream: BinaryIO, buffer: bytearray | None = None) -> Iterator[memoryview]:
+        """Chunks of a stream, as views into one buffer of twice the largest chunk
+        (`buffer`, reused across streams, or a new one). Each view is valid only
+        until the next is asked for: copy what must be kept. A chunk is cut only
+        with a full window ahead of it (or at the end of the stream), so the
+        boundaries are the same as `split_buffer` on the whole content."""
         window = self.params.max_size
-        pending = b""
+        buf = buffer if buffer is not None and len(buffer) >= 2 * window else bytearray(2 * window)
+        view = memoryview(buf)
+        have = 0
         eof = False
         while not eof:
-            want = 2 * window - len(pending)
-            more = _read_full(stream, want)
-            eof = len(more) < want
-            block = pending + more if pending else more
-            if not block:
+            have, eof = _fill(stream, view, have)
+            if not have:
                 return
-            limit = len(block) if eof else len(block) - window
-            view = memoryview(block)
+            if have <= self.params.min_size:  # the whole (short) rest of the stream
+                yield view[:have]
+                return
+            limit = have if eof else have - window
             done = 0
-            for chunk in self._cdc.cut_buf(view) if len(block) > self.params.min_size else ():
+            for chunk in self._cdc.cut_buf(view[:have]):
                 if chunk.offset >= limit and not eof:
                     break
                 yield chunk.data
                 done = chunk.offset + chunk.length
-            if len(block) <= self.params.min_size:  # the whole (short) rest of the stream
-                yield view
-                return
-            pending = bytes(view[done:]) if not eof else b""
+            if not eof:
+                buf[: have - done] = buf[done:have]  # same length: moves the rest to the front
+                have -= done
 
 
-def _read_full(stream: BinaryIO, size: int) -> bytes:
-    """Read `size` bytes unless the stream ends first (pipes return short reads)."""
-    data = stream.read(size)
-    if data is None:
-        data = b""
-    if len(data) == size or not data:
-        return data
-    parts = [data]
-    have = len(data)
-    while have < size:
-        part = stream.read(size - have)
-        if not part:
-            break
-        parts.append(part)
-        have += len(part)
-    return b"".join(parts)
+def _fill(stream: BinaryIO, view: memoryview, have: int) -> tuple[int, bool]:
+    """Read into `view[have:]` until it is full or the stream ends (pipes give
+    short reads): (bytes now in the buffer, whether the stream ended)."""
+    readinto = getattr(stream, "readinto", None)
+    while have < len(view):
+        if readinto is not None:
+            n = readinto(view[have:])
+        else:
+            data = stream.read(len(view) - have)
+            n = len(data) if data else 0
+            view[have : have + n] = data or b""
+        if not n:
+            return have, True
+        have += n
+    return have, False

@@ -171,10 +171,11 @@ class Index:
             n = self._pack_number(pack_id)
             records += [pack(e.blob_id, n, e.offset, e.length, e.inner, e.raw_length, e.type) for e in entries]
         records.sort()  # by id, then pack number: the first loaded copy of a duplicate comes first
-        kept = [r for i, r in enumerate(records) if i == 0 or r[:32] != records[i - 1][:32]]
-        del records
-        prefixes = array("Q", [int.from_bytes(r[:8], "big") for r in kept])
-        self._sorted = (prefixes, b"".join(kept))
+        duplicates = [i for i in range(len(records) - 1, 0, -1) if records[i][:32] == records[i - 1][:32]]
+        for i in duplicates:  # from the end, so the positions stay valid
+            del records[i]
+        prefixes = array("Q", (int.from_bytes(r[:8], "big") for r in records))
+        self._sorted = (prefixes, b"".join(records))
 
 
 def _u32(value: object) -> int:

@@ -189,6 +189,7 @@ class _Worker:
         self.key = MasterKey.from_export(config["key"])
         self.codec = Codec(self.key, config["level"])
         self.chunker = Chunker(ChunkerParams.from_json(config["chunker"]), self.key.chunker_seed())
+        self.read_buffer = self.chunker.stream_buffer()  # one for every big file this worker reads
         backend = open_backend(config["repository"])
         self.packer = _Packer(self.codec, backend, config["pack_size"], self.send)
 
@@ -249,8 +250,8 @@ class _Worker:
             segment: list[tuple[bytes, Any]] = []
             segment_bytes = 0
             with os.fdopen(fd, "rb", buffering=0, closefd=False) as f:
-                for view in self.chunker.split_stream(f):
-                    piece = bytes(view)  # a copy, so the 8 MiB read block is freed at once
+                for view in self.chunker.split_stream(f, self.read_buffer):
+                    piece = bytes(view)  # a copy: the view's buffer is refilled for the next chunk
                     blob_id = key.blob_id(piece)
                     segment.append((blob_id, piece))
                     segment_bytes += len(piece)
