@@ -26,7 +26,7 @@ def _digest(path: bytes) -> str:
     return h.hexdigest()
 
 
-def scan(root: str | bytes, owner: bool = True, mtime: bool = True) -> tuple[dict, list]:
+def scan(root: str | bytes, owner: bool = True, mtime: bool = True, mtime_unit_ns: int = 1) -> tuple[dict, list]:
     root_b = os.fsencode(root)
     entries: dict[bytes, dict] = {}
     inodes: dict[tuple[int, int], list[bytes]] = {}
@@ -52,12 +52,12 @@ def scan(root: str | bytes, owner: bool = True, mtime: bool = True) -> tuple[dic
             e["size"] = st.st_size
             e["sha256"] = _digest(path)
             if mtime:
-                e["mtime"] = st.st_mtime_ns
+                e["mtime"] = st.st_mtime_ns // mtime_unit_ns
             if st.st_nlink > 1:
                 inodes.setdefault((st.st_dev, st.st_ino), []).append(rel)
         elif stat.S_ISDIR(st.st_mode):
             if mtime:
-                e["mtime"] = st.st_mtime_ns
+                e["mtime"] = st.st_mtime_ns // mtime_unit_ns
             for name in os.listdir(path):
                 todo.append(name if rel == b"." else os.path.join(rel, name))
         elif stat.S_ISCHR(st.st_mode) or stat.S_ISBLK(st.st_mode):
@@ -67,10 +67,13 @@ def scan(root: str | bytes, owner: bool = True, mtime: bool = True) -> tuple[dic
     return entries, groups
 
 
-def compare(original: str | bytes, restored: str | bytes, owner: bool = True, mtime: bool = True) -> list[str]:
-    """Differences as readable lines; empty when the trees are identical."""
-    want, want_links = scan(original, owner, mtime)
-    got, got_links = scan(restored, owner, mtime)
+def compare(
+    original: str | bytes, restored: str | bytes, owner: bool = True, mtime: bool = True, mtime_unit_ns: int = 1
+) -> list[str]:
+    """Differences as readable lines; empty when the trees are identical. `mtime_unit_ns`
+    compares mtimes at a coarser resolution (10**9: whole seconds, as Docker's archive API has them)."""
+    want, want_links = scan(original, owner, mtime, mtime_unit_ns)
+    got, got_links = scan(restored, owner, mtime, mtime_unit_ns)
     problems = []
     for rel in sorted(set(want) | set(got)):
         shown = rel.decode("utf-8", "backslashreplace")

@@ -102,15 +102,19 @@ def cmd_init(args: argparse.Namespace, settings: Settings) -> int:
 def cmd_backup(args: argparse.Namespace, settings: Settings) -> int:
     from sidecar.repo.backup import BackupOptions, BackupSession
 
+    if args.app:
+        if args.path or args.stdin:
+            raise InvalidRequest("give either --app APP_ID or --path/--stdin, not both")
+        return cmd_backup_app(args, settings)
     if not args.path and not args.stdin:
-        raise InvalidRequest("give --path DIR (or --stdin NAME)")
+        raise InvalidRequest("give --path DIR (or --stdin NAME), or --app APP_ID")
     paths = [os.path.abspath(p) for p in args.path]
     app_id = args.app_id or (paths[0] if paths else args.stdin)
     repo = _open(args, settings)
     options = BackupOptions(
         app_id=app_id,
         app_name=args.app_name,
-        backup_type=args.type,
+        backup_type=args.type or "incremental",
         tags=args.tag,
         description=args.description,
         lock_wait=args.lock_wait,
@@ -129,6 +133,10 @@ def cmd_backup(args: argparse.Namespace, settings: Settings) -> int:
     finally:
         if progress:
             progress.finish()
+    return _report_backup(args, repo, snap)
+
+
+def _report_backup(args: argparse.Namespace, repo: Repository, snap, extra: dict | None = None) -> int:
     totals = snap.totals
     summary = {
         "snapshot_id": snap.id,
@@ -143,6 +151,7 @@ def cmd_backup(args: argparse.Namespace, settings: Settings) -> int:
         "reused_files": totals.reused_files,
         "duration_s": round(snap.duration_s, 3),
         "warnings": snap.warnings,
+        **(extra or {}),
     }
     if args.json:
         _print_json(summary)
@@ -157,6 +166,32 @@ def cmd_backup(args: argparse.Namespace, settings: Settings) -> int:
         )
     damaged = _problems(repo)
     return EXIT_WARNINGS if snap.warnings or damaged else EXIT_OK
+
+
+def cmd_backup_app(args: argparse.Namespace, settings: Settings) -> int:
+    from sidecar.docker.apps import Registry
+    from sidecar.docker.client import connect
+    from sidecar.docker.volumes import VolumeAccess, access_mode
+    from sidecar.jobs.backup import JobContext, backup_app, check_backupable
+
+    mode = access_mode()
+    client = connect()
+    registry = Registry(log_changes=False)
+    registry.inventory(client)
+    app = registry.require(args.app)
+    check_backupable(app)
+    repo = _open(args, settings)
+    ctx = JobContext(client, repo, settings.data_dir / "state", VolumeAccess(client, mode), lock_wait=args.lock_wait)
+    progress = _progress("backup", args)
+    try:
+        result = backup_app(
+            ctx, app, backup_type=args.type, tags=args.tag, description=args.description, progress=progress
+        )
+    finally:
+        if progress:
+            progress.finish()
+    extra = {"volumes": result.volumes, "hooks": [h.to_dict() for h in result.hooks]}
+    return _report_backup(args, repo, result.snapshot, extra)
 
 
 def cmd_snapshots(args: argparse.Namespace, settings: Settings) -> int:
@@ -446,7 +481,13 @@ def build_parser() -> argparse.ArgumentParser:
     p = command("backup", cmd_backup, "back up directories (or stdin) into one snapshot")
     p.add_argument("--path", action="append", default=[], help="directory to back up (repeatable)")
     p.add_argument("--stdin", metavar="NAME", help="also back up standard input as file NAME")
-    p.add_argument("--type", choices=["incremental", "full", "differential"], default="incremental")
+    p.add_argument("--app", metavar="APP_ID", help="back up a Docker app (its labels decide what and how)")
+    p.add_argument(
+        "--type",
+        choices=["incremental", "full", "differential"],
+        default=None,
+        help="default: incremental, or the app's websoft9.backup.type",
+    )
     p.add_argument("--app-id", help="app the snapshot belongs to (default: the first path)")
     p.add_argument("--app-name", help="display name of the app (default: the app id)")
     p.add_argument("--tag", action="append", default=[], help="tag (repeatable)")

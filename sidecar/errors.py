@@ -93,3 +93,23 @@ def disk_full(exc: OSError, where: str) -> QuotaExceeded | None:
     if exc.errno in (errno.ENOSPC, errno.EDQUOT):
         return QuotaExceeded(f"no space left writing {where}: {exc.strerror}")
     return None
+
+
+class DockerUnavailable(BackupError):
+    code = "DOCKER_UNAVAILABLE"
+    http_status = 503
+
+
+class AppNotFound(BackupError):
+    code = "APP_NOT_FOUND"
+    http_status = 404
+
+
+class AppPolicyInvalid(BackupError):
+    code = "APP_POLICY_INVALID"
+    http_status = 409
+
+
+class AppBusy(BackupError):
+    code = "OPERATION_IN_PROGRESS"
+    http_status = 409

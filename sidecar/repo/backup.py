@@ -14,6 +14,7 @@ import logging
 import os
 import socket
 import stat
+import tarfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -166,6 +167,25 @@ class BackupSession:
         self.sources.append(record)
         return record
 
+    def add_tar(
+        self, name: str, stream: BinaryIO, strip: str = "", kind: str = "volume", excludes: tuple[str, ...] = ()
+    ) -> SourceRecord:
+        """Back up the directory tree in a tar stream as source `name`; `strip` is the
+        tar path of the tree's root (Docker's archive API names it after the directory)."""
+        from sidecar.repo.tarscan import scan_tar
+
+        self._new_source_name(name)
+        stats = self._new_stats()
+        scan = _TreeScan(self, name, None, stats, excludes)
+        scan.parent = None
+        try:
+            tree_ids = scan_tar(scan, stream, strip, excludes)
+        except (tarfile.TarError, EOFError) as exc:
+            raise BackupCreateFailed(f"{name}: the tar stream is damaged or ended early: {exc}") from None
+        record = SourceRecord(name, kind, [i.hex() for i in tree_ids], stats)
+        self.sources.append(record)
+        return record
+
     def add_stream(
         self,
         name: str,
@@ -250,14 +270,15 @@ class _TreeScan:
     """One directory source: walk, compare with the parent, batch reads, write the listing."""
 
     def __init__(
-        self, session: BackupSession, name: str, root: bytes, stats: SourceStats, excludes: tuple[str, ...]
+        self, session: BackupSession, name: str, root: bytes | None, stats: SourceStats, excludes: tuple[str, ...]
     ) -> None:
         self.session = session
         self.name = name
         self.stats = stats
         self.key = len(session._stats) - 1
         self.writer = session.writer
-        self.walker = Walker(root, excludes, on_error=lambda p, m: session._warn(name, p, m))
+        self.in_memory = root is None  # a tar stream: the contents come with it
+        self.walker = Walker(root or b".", excludes, on_error=lambda p, m: session._warn(name, p, m))
         self.index = session.repo.index()
         self.parent = session._parent_entries(name)
         self.listing = tree.TreeWriter(session.repo.chunker, lambda data: self.writer.store(TREE, data, self.key))
@@ -266,12 +287,12 @@ class _TreeScan:
         self.skipped: set[bytes] = set()
         # (entry, batch it waits for, its place in the batch)
         self.pending: collections.deque[tuple[dict, FileBatch | None, int]] = collections.deque()
-        self.batch = FileBatch(self.key)
+        self.batch = FileBatch(self.key, self.in_memory)
 
     def _flush_batch(self) -> None:
         if self.batch.files:
             self.writer.submit_files(self.batch)
-            self.batch = FileBatch(self.key)
+            self.batch = FileBatch(self.key, self.in_memory)
 
     def _reusable(self, entry: dict, rel_key: tuple[bytes, ...]) -> list[str] | None:
         if self.parent is None:

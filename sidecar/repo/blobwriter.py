@@ -33,12 +33,14 @@ FileResult = tuple[list[str] | None, Any]  # (blob hex ids, size) or (None, erro
 
 
 class FileBatch:
-    """Files for one worker; `results` is filled in when `done` is set."""
+    """Files for one worker; `results` is filled in when `done` is set. `files` holds
+    (path, size) pairs for the worker to read, or, when `in_memory`, (content, size)."""
 
-    __slots__ = ("done", "error", "files", "nbytes", "results", "source")
+    __slots__ = ("done", "error", "files", "in_memory", "nbytes", "results", "source")
 
-    def __init__(self, source: int) -> None:
+    def __init__(self, source: int, in_memory: bool = False) -> None:
         self.source = source
+        self.in_memory = in_memory
         self.files: list[tuple[bytes, int]] = []
         self.nbytes = 0
         self.results: list[FileResult] = []
@@ -123,7 +125,7 @@ class BlobWriter:
             self._batch_no += 1
             number = self._batch_no
             worker.inflight[number] = batch
-        worker.send(("files", number, batch.source, batch.files))
+        worker.send(("data" if batch.in_memory else "files", number, batch.source, batch.files))
 
     def store(self, blob_type: int, data: bytes | memoryview, source: int) -> bytes:
         """Store one blob made here (listings, streams); returns its id."""

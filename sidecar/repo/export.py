@@ -76,9 +76,12 @@ def export_snapshot(
     out: BinaryIO,
     *,
     source: str | None = None,
+    root_name: str | None = None,
     warn: Callable[[str], None] = lambda m: None,
 ) -> int:
-    """Write the tar stream to `out`; returns the number of entries written."""
+    """Write the tar stream to `out`; returns the number of entries written. Entries are
+    named relative to the source's root, or below `root_name` when given (one source only),
+    or below each source's name when there are several."""
     sources = [s for s in snapshot.sources if source is None or s.name == source]
     if not sources:
         from sidecar.errors import InvalidRequest
@@ -92,7 +95,7 @@ def export_snapshot(
         ) as tar,
     ):
         for src in sources:
-            prefix = "" if len(sources) == 1 else src.name.strip("/")
+            prefix = root_name.strip("/") if root_name else ("" if len(sources) == 1 else src.name.strip("/"))
             ids = [bytes.fromhex(h) for h in src.tree]
             validator = tree.TreeValidator()
             for entry in tree.read_tree(ids, repo.load_blob):

@@ -227,6 +227,21 @@ class _Worker:
         self.store_claimed(pending, source)
         self.send(("done", batch_no, results))
 
+    def data(self, batch_no: int, source: Any, files: list[tuple[bytes, int]]) -> None:
+        """Contents read by the parent (a tar stream): chunk, hash and store them like files."""
+        results: list[tuple] = []
+        pending: list[tuple[bytes, Any]] = []
+        key = self.key
+        for content, _size in files:
+            ids = []
+            for piece in self.chunker.split_buffer(content):
+                blob_id = key.blob_id(piece)
+                pending.append((blob_id, piece))
+                ids.append(blob_id)
+            results.append(([i.hex() for i in ids], len(content)))
+        self.store_claimed(pending, source)
+        self.send(("done", batch_no, results))
+
     def _read(self, path: bytes, size: int, pending: list[tuple[bytes, Any]], source: Any) -> tuple[list[bytes], int]:
         key = self.key
         ids: list[bytes] = []
@@ -271,6 +286,8 @@ class _Worker:
             kind = msg[0]
             if kind == "files":
                 self.files(msg[1], msg[2], msg[3])
+            elif kind == "data":
+                self.data(msg[1], msg[2], msg[3])
             elif kind == "blobs":
                 self.packer.add(msg[2], msg[1])
             elif kind == "flush":

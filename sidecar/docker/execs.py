@@ -1,0 +1,155 @@
+"""Commands run inside containers with `docker exec`: output, exit code, timeout.
+
+A command runs in its own session (`setsid`) so that a timeout kills it with
+everything it started, not only the shell. Values that may be secret travel
+in the exec's environment, never in its arguments.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import re
+import secrets
+import socket
+import threading
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import docker
+
+log = logging.getLogger(__name__)
+
+OUTPUT_KEEP = 4096  # bytes of output kept (the end of it) for logs and errors
+
+# `sh -c` wrapper: prints a marker with the command's pid, runs it as a session leader
+# when setsid exists, and exits with its status. The command itself comes from $W9_EXEC_COMMAND.
+_WRAPPER = (
+    'if command -v setsid >/dev/null 2>&1; then setsid sh -c "$W9_EXEC_COMMAND" & '
+    'else sh -c "$W9_EXEC_COMMAND" & fi; '
+    'echo "$W9_EXEC_MARKER$!"; wait $!'
+)
+
+
+@dataclass(frozen=True)
+class ExecResult:
+    exit_code: int | None  # None when it was killed after its timeout
+    output: str  # stdout and stderr, the last OUTPUT_KEEP bytes, decoded
+    timed_out: bool
+    duration_s: float
+
+    @property
+    def ok(self) -> bool:
+        return self.exit_code == 0 and not self.timed_out
+
+
+def _tail(data: bytes) -> str:
+    text = data[-OUTPUT_KEEP:].decode("utf-8", "replace").strip()
+    return ("..." + text) if len(data) > OUTPUT_KEEP else text
+
+
+def run_shell(
+    client: docker.DockerClient,
+    container: str,
+    command: str,
+    *,
+    user: str | None = None,
+    timeout: float = 300.0,
+    env: Mapping[str, str] | None = None,
+) -> ExecResult:
+    """Run `sh -c command` in `container`; a run past `timeout` is killed (with its children)."""
+    api = client.api
+    marker = f"w9pid-{secrets.token_hex(8)}:"
+    environment = {**(env or {}), "W9_EXEC_COMMAND": command, "W9_EXEC_MARKER": marker}
+    exec_id = api.exec_create(
+        container,
+        ["sh", "-c", _WRAPPER],
+        stdout=True,
+        stderr=True,
+        user=user or "",
+        environment=[f"{k}={v}" for k, v in environment.items()],
+    )["Id"]
+    t0 = time.monotonic()
+    sock = api.exec_start(exec_id, socket=True)
+    raw = getattr(sock, "_sock", sock)
+    chunks: list[bytes] = []
+    kept = 0
+    done = threading.Event()
+
+    def pump() -> None:
+        nonlocal kept
+        try:
+            for _stream, data in _frames(raw):
+                chunks.append(data)
+                kept += len(data)
+                while kept > 4 * OUTPUT_KEEP and len(chunks) > 1:
+                    kept -= len(chunks.pop(0))
+        except OSError:
+            pass
+        finally:
+            done.set()
+
+    reader = threading.Thread(target=pump, name="exec-output", daemon=True)
+    reader.start()
+    timed_out = not done.wait(timeout)
+    output = b"".join(chunks)
+    pid_match = re.search(re.escape(marker.encode()) + rb"(\d+)\n?", output)
+    if timed_out:
+        if pid_match:
+            _kill(client, container, int(pid_match.group(1)))
+        if not done.wait(5):  # the command's children may hold the output open: stop reading
+            with contextlib.suppress(OSError):
+                raw.shutdown(socket.SHUT_RDWR)
+            done.wait(5)
+        output = b"".join(chunks)
+    with contextlib.suppress(OSError):
+        sock.close()
+    output = re.sub(re.escape(marker.encode()) + rb"\d+\n?", b"", output)
+    exit_code: int | None = None
+    if not timed_out:
+        exit_code = _exit_code(api, exec_id)
+    return ExecResult(exit_code, _tail(output), timed_out, time.monotonic() - t0)
+
+
+def _exit_code(api: docker.APIClient, exec_id: str) -> int | None:
+    # The output stream can end a moment before the engine records the exit code.
+    for _ in range(50):
+        info = api.exec_inspect(exec_id)
+        if not info.get("Running"):
+            return info.get("ExitCode")
+        time.sleep(0.05)
+    return api.exec_inspect(exec_id).get("ExitCode")
+
+
+def _kill(client: docker.DockerClient, container: str, pid: int) -> None:
+    """Kill the command's process group (its session), else the process itself."""
+    try:
+        exec_id = client.api.exec_create(
+            container, ["sh", "-c", 'kill -s KILL -- "-$0" 2>/dev/null || kill -s KILL "$0"', str(pid)], user="0"
+        )["Id"]
+        client.api.exec_start(exec_id)
+    except docker.errors.APIError as exc:
+        log.warning("could not kill pid %d in %s after its timeout: %s", pid, container, exc)
+
+
+def _frames(sock) -> object:
+    """Demultiplex Docker's exec stream: 8-byte headers (stream, 0, 0, 0, size32) + payload."""
+    buf = b""
+    while True:
+        while len(buf) < 8:
+            data = sock.recv(65536)
+            if not data:
+                return
+            buf += data
+        stream = buf[0]
+        size = int.from_bytes(buf[4:8], "big")
+        buf = buf[8:]
+        while len(buf) < size:
+            data = sock.recv(max(65536, size - len(buf)))
+            if not data:
+                yield stream, buf
+                return
+            buf += data
+        yield stream, buf[:size]
+        buf = buf[size:]

@@ -1,0 +1,1 @@
+"""Orchestration of backups and restores of Docker apps."""
