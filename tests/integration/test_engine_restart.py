@@ -19,8 +19,15 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def _dockerd_pids() -> list[int]:
-    out = subprocess.run(["pidof", "dockerd"], capture_output=True, text=True)
-    return [int(p) for p in out.stdout.split()]
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if (entry / "comm").read_text().strip() == "dockerd":
+                    pids.append(int(entry.name))
+            except OSError:
+                continue
+    return pids
 
 
 def restart_dockerd() -> None:
