@@ -14,9 +14,8 @@ import logging
 import os
 import socket
 import stat
-import tarfile
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import BinaryIO, Protocol
@@ -27,6 +26,7 @@ from sidecar.repo import tree
 from sidecar.repo.blobwriter import BlobWriter, FileBatch
 from sidecar.repo.fsmeta import XattrReader, entry_from_stat
 from sidecar.repo.locks import SHARED
+from sidecar.repo.memory import bulk_data
 from sidecar.repo.pack import DATA, TREE
 from sidecar.repo.repository import Repository
 from sidecar.repo.snapshot import BACKUP_TYPES, SnapshotRecord, SourceRecord, SourceStats, new_backup_id
@@ -168,20 +168,27 @@ class BackupSession:
         return record
 
     def add_tar(
-        self, name: str, stream: BinaryIO, strip: str = "", kind: str = "volume", excludes: tuple[str, ...] = ()
+        self,
+        name: str,
+        stream: BinaryIO | Iterable[bytes],
+        strip: str = "",
+        kind: str = "volume",
+        excludes: tuple[str, ...] = (),
     ) -> SourceRecord:
-        """Back up the directory tree in a tar stream as source `name`; `strip` is the
-        tar path of the tree's root (Docker's archive API names it after the directory)."""
+        """Back up the directory tree in a tar stream (a binary file, or an iterator of byte
+        chunks such as an HTTP body) as source `name`; `strip` is the tar path of the tree's
+        root (Docker's archive API names it after the directory)."""
         from sidecar.repo.tarscan import scan_tar
 
         self._new_source_name(name)
         stats = self._new_stats()
         scan = _TreeScan(self, name, None, stats, excludes)
         scan.parent = None
-        try:
+        if hasattr(stream, "read"):
+            file = stream
+            stream = iter(lambda: file.read(1 << 20), b"")  # type: ignore[union-attr]
+        with bulk_data():
             tree_ids = scan_tar(scan, stream, strip, excludes)
-        except (tarfile.TarError, EOFError) as exc:
-            raise BackupCreateFailed(f"{name}: the tar stream is damaged or ended early: {exc}") from None
         record = SourceRecord(name, kind, [i.hex() for i in tree_ids], stats)
         self.sources.append(record)
         return record

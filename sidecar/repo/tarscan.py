@@ -11,64 +11,29 @@ listing's order; an entry out of that order is an error, not a silent mix-up.
 from __future__ import annotations
 
 import base64
-import io
-import tarfile
-from collections.abc import Iterable, Iterator
-from decimal import Decimal, InvalidOperation
+from collections.abc import Iterable
 
 from sidecar.errors import BackupCreateFailed
 from sidecar.repo import tree
 from sidecar.repo.pack import DATA
+from sidecar.repo.tarread import ChunkReader, Member, TarError, members
 from sidecar.repo.walk import compile_excludes
 
 SMALL_FILE = 4 << 20  # contents up to this size go to a worker in a batch; bigger ones are chunked here
-XATTR_PREFIX = "SCHILY.xattr."
+BATCH_FILES = 64
+MAX_PENDING = 4096
+
+_TYPES = {b"0": tree.FILE, b"5": tree.DIR, b"2": tree.SYMLINK, b"6": tree.FIFO, b"3": tree.DEVICE, b"4": tree.DEVICE}
 
 
-class IterStream(io.RawIOBase):
-    """A readable binary file over an iterator of byte chunks (an HTTP response body)."""
-
-    def __init__(self, chunks: Iterable[bytes]) -> None:
-        self._chunks: Iterator[bytes] = iter(chunks)
-        self._left = memoryview(b"")
-
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, buffer) -> int:  # type: ignore[override]
-        while not self._left:
-            chunk = next(self._chunks, None)
-            if chunk is None:
-                return 0
-            self._left = memoryview(chunk)
-        n = min(len(buffer), len(self._left))
-        buffer[:n] = self._left[:n]
-        self._left = self._left[n:]
-        return n
-
-
-def _raw(text: str) -> bytes:
-    return text.encode("utf-8", "surrogateescape")
-
-
-def _mtime_ns(member: tarfile.TarInfo) -> int:
-    text = member.pax_headers.get("mtime")
-    if text:
-        try:
-            return int(Decimal(text) * 1_000_000_000)
-        except InvalidOperation:
-            pass
-    return int(member.mtime) * 1_000_000_000
-
-
-def _relative(name: str, strip: str) -> bytes | None:
+def _relative(name: bytes, strip: bytes) -> bytes | None:
     """The path below the source root, b"." for the root itself, None outside it."""
-    path = _raw(name).strip(b"/")
-    if path.startswith(b"./"):
+    path = name.strip(b"/")
+    while path.startswith(b"./"):
         path = path[2:]
-    root = _raw(strip).strip(b"/")
+    root = strip.strip(b"/")
     if not root or root == b".":
-        return path or b"."
+        return path if path and path != b"." else b"."
     if path == root:
         return b"."
     if path.startswith(root + b"/"):
@@ -76,55 +41,57 @@ def _relative(name: str, strip: str) -> bytes | None:
     return None
 
 
-def entry_from_member(member: tarfile.TarInfo, rel: bytes) -> dict:
+def entry_from_member(member: Member, rel: bytes) -> dict:
     entry: dict = {}
     tree.put_name(entry, "path", rel)
-    if member.isreg():
-        entry["type"] = tree.FILE
-    elif member.isdir():
-        entry["type"] = tree.DIR
-    elif member.issym():
-        entry["type"] = tree.SYMLINK
-        tree.put_name(entry, "target", _raw(member.linkname))
-    elif member.isfifo():
-        entry["type"] = tree.FIFO
-    elif member.ischr() or member.isblk():
-        entry["type"] = tree.DEVICE
-        entry["device"] = "char" if member.ischr() else "block"
-        entry["rdev"] = [member.devmajor, member.devminor]
-    else:
+    kind = _TYPES.get(member.type)
+    if kind is None:
         raise BackupCreateFailed(f"{rel.decode('utf-8', 'replace')}: unsupported tar entry type {member.type!r}")
-    entry["mode"] = member.mode & 0o7777
+    entry["type"] = kind
+    if kind == tree.SYMLINK:
+        tree.put_name(entry, "target", member.linkname)
+    elif kind == tree.DEVICE:
+        entry["device"] = "char" if member.type == b"3" else "block"
+        entry["rdev"] = [member.devmajor, member.devminor]
+    entry["mode"] = member.mode
     entry["uid"] = member.uid
     entry["gid"] = member.gid
-    entry["mtime_ns"] = _mtime_ns(member)
-    xattrs = [
-        [base64.b64encode(_raw(k[len(XATTR_PREFIX) :])).decode(), base64.b64encode(_raw(v)).decode()]
-        for k, v in sorted(member.pax_headers.items())
-        if k.startswith(XATTR_PREFIX)
-    ]
-    if xattrs:
-        entry["xattrs"] = xattrs
+    entry["mtime_ns"] = member.mtime_ns
+    if member.xattrs:
+        entry["xattrs"] = [[base64.b64encode(k).decode(), base64.b64encode(v).decode()] for k, v in member.xattrs]
     return entry
 
 
-def scan_tar(scan, stream, strip: str, excludes: tuple[str, ...]) -> list[bytes]:
-    """Fill `scan` (a backup `_TreeScan` without a walker) from a tar stream; returns the listing's ids."""
+def _hardlink(member: Member, rel: bytes, strip: bytes) -> dict:
+    first = _relative(member.linkname, strip)
+    link = {"mode": member.mode, "uid": member.uid, "gid": member.gid, "mtime_ns": member.mtime_ns}
+    tree.put_name(link, "path", rel)
+    link["type"] = tree.HARDLINK
+    tree.put_name(link, "link", first if first is not None else member.linkname)
+    return link
+
+
+def scan_tar(scan, chunks: Iterable[bytes], strip: str, excludes: tuple[str, ...]) -> list[bytes]:
+    """Fill `scan` (a backup `_TreeScan` without a walker) from a tar stream given as an
+    iterator of byte chunks; returns the listing's ids."""
+    strip_b = strip.encode("utf-8", "surrogateescape")
     excluded = compile_excludes(excludes)
     skipped_dirs: list[bytes] = []
     last_key: tuple[bytes, ...] | None = None
     writer = scan.writer
     chunker = scan.session.repo.chunker
     pending = scan.pending
-    with tarfile.open(fileobj=stream, mode="r|", bufsize=1 << 20) as archive:
-        for member in archive:
-            rel = _relative(member.name, strip)
+    try:
+        for member in members(ChunkReader(chunks)):
+            rel = _relative(member.name, strip_b)
             if rel is None:
                 continue
-            if excluded is not None and rel != b".":
+            if rel != b"." and (excluded is not None or skipped_dirs):
                 name = rel.rsplit(b"/", 1)[-1]
-                if excluded(rel, name) or any(rel.startswith(d + b"/") for d in skipped_dirs):
-                    if member.isdir():
+                if any(rel.startswith(d + b"/") for d in skipped_dirs) or (
+                    excluded is not None and excluded(rel, name)
+                ):
+                    if member.type == b"5":
                         skipped_dirs.append(rel)
                     continue
             key = tree.path_key(rel)
@@ -133,40 +100,35 @@ def scan_tar(scan, stream, strip: str, excludes: tuple[str, ...]) -> list[bytes]
                     f"the tar stream is not in tree order at {rel.decode('utf-8', 'replace')!r}; cannot list it"
                 )
             last_key = key
-            if member.islnk():
-                first = _relative(member.linkname, strip)
-                link = {"mode": member.mode & 0o7777, "uid": member.uid, "gid": member.gid}
-                link["mtime_ns"] = _mtime_ns(member)
-                tree.put_name(link, "path", rel)
-                link["type"] = tree.HARDLINK
-                tree.put_name(link, "link", first if first is not None else _raw(member.linkname))
-                pending.append((link, None, 0))
+            if member.type == b"1":
+                pending.append((_hardlink(member, rel, strip_b), None, 0))
                 scan._emit_ready()
                 continue
             entry = entry_from_member(member, rel)
             batch, place = None, 0
-            if member.isreg():
-                data = archive.extractfile(member)
-                assert data is not None
+            content = member.content
+            if content is not None:
                 if member.size <= SMALL_FILE:
-                    content = data.read()
+                    data = content.read_all()
                     batch = scan.batch
                     place = len(batch.files)
-                    batch.files.append((content, len(content)))
-                    batch.nbytes += len(content)
-                    if len(batch.files) >= 64 or batch.nbytes >= SMALL_FILE:
+                    batch.files.append((data, len(data)))
+                    batch.nbytes += len(data)
+                    if len(batch.files) >= BATCH_FILES or batch.nbytes >= SMALL_FILE:
                         scan._flush_batch()
                 else:
                     blobs, size = [], 0
-                    for chunk in chunker.split_stream(data):
+                    for chunk in chunker.split_stream(content):
                         blobs.append(writer.store(DATA, chunk, scan.key).hex())
                         size += len(chunk)
                     entry["blobs"] = blobs
                     entry["size"] = size
             pending.append((entry, batch, place))
             scan._emit_ready()
-            if len(pending) > 4096:
+            if len(pending) > MAX_PENDING:
                 scan._wait_head()
+    except TarError as exc:
+        raise BackupCreateFailed(f"{scan.name}: the tar stream is damaged or ended early: {exc}") from None
     scan._flush_batch()
     while pending:
         scan._wait_head()
