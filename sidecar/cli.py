@@ -185,7 +185,13 @@ def cmd_backup_app(args: argparse.Namespace, settings: Settings) -> int:
     progress = _progress("backup", args)
     try:
         result = backup_app(
-            ctx, app, backup_type=args.type, tags=args.tag, description=args.description, progress=progress
+            ctx,
+            app,
+            backup_type=args.type,
+            tags=args.tag,
+            description=args.description,
+            progress=progress,
+            include_database=not args.no_database,
         )
     finally:
         if progress:
@@ -482,6 +488,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--path", action="append", default=[], help="directory to back up (repeatable)")
     p.add_argument("--stdin", metavar="NAME", help="also back up standard input as file NAME")
     p.add_argument("--app", metavar="APP_ID", help="back up a Docker app (its labels decide what and how)")
+    p.add_argument("--no-database", action="store_true", help="with --app: skip the database dumps")
     p.add_argument(
         "--type",
         choices=["incremental", "full", "differential"],

@@ -8,6 +8,7 @@ in the exec's environment, never in its arguments.
 from __future__ import annotations
 
 import contextlib
+import io
 import logging
 import re
 import secrets
@@ -16,6 +17,7 @@ import threading
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import BinaryIO
 
 import docker
 
@@ -153,3 +155,138 @@ def _frames(sock) -> object:
             buf += data
         yield stream, buf[:size]
         buf = buf[size:]
+
+
+# ---- streams: a dump out of a container, a dump into one --------------------------------------
+
+STDERR_KEEP = 8192
+TAIL_KEEP = 256
+
+
+class ExecStream(io.RawIOBase):
+    """The standard output of a command in a container as a readable binary file.
+    Standard error is kept (its last 8 KiB) for the error message; the last bytes of
+    the output are kept to check a dump's trailer; `finish()` gives the exit code."""
+
+    def __init__(
+        self,
+        client: docker.DockerClient,
+        container: str,
+        argv: list[str],
+        env: Mapping[str, str],
+        user: str | None = None,
+    ) -> None:
+        self._api = client.api
+        self.exec_id = self._api.exec_create(
+            container,
+            list(argv),
+            stdout=True,
+            stderr=True,
+            user=user or "",
+            environment=[f"{k}={v}" for k, v in env.items()],
+        )["Id"]
+        self._sock = self._api.exec_start(self.exec_id, socket=True)
+        self._raw = getattr(self._sock, "_sock", self._sock)
+        self._frames = _frames(self._raw)
+        self._left = memoryview(b"")
+        self.stderr = bytearray()
+        self.tail = b""
+        self.size = 0
+        self.eof = False
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:  # type: ignore[override]
+        while not self._left:
+            if self.eof:
+                return 0
+            frame = next(self._frames, None)
+            if frame is None:
+                self.eof = True
+                return 0
+            stream, data = frame
+            if stream == 2:
+                self.stderr += data
+                if len(self.stderr) > 2 * STDERR_KEEP:
+                    del self.stderr[:-STDERR_KEEP]
+                continue
+            self._left = memoryview(data)
+        n = min(len(buffer), len(self._left))
+        buffer[:n] = self._left[:n]
+        if n >= TAIL_KEEP:
+            self.tail = bytes(self._left[n - TAIL_KEEP : n])
+        else:
+            self.tail = (self.tail + bytes(self._left[:n]))[-TAIL_KEEP:]
+        self._left = self._left[n:]
+        self.size += n
+        return n
+
+    def finish(self) -> int | None:
+        """Read to the end (discarding) and return the exit code."""
+        while self.readinto(bytearray(65536)):
+            pass
+        with contextlib.suppress(OSError):
+            self._sock.close()
+        return _exit_code(self._api, self.exec_id)
+
+    def error_text(self) -> str:
+        return _tail(bytes(self.stderr[-STDERR_KEEP:]))
+
+    def close(self) -> None:
+        with contextlib.suppress(OSError):
+            self._sock.close()
+        super().close()
+
+
+def run_with_stdin(
+    client: docker.DockerClient,
+    container: str,
+    argv: list[str],
+    source: BinaryIO,
+    *,
+    env: Mapping[str, str] | None = None,
+    user: str | None = None,
+    block: int = 1 << 20,
+) -> ExecResult:
+    """Run `argv` in `container` with `source` streamed into its standard input
+    (half-closed at the end); output (stdout and stderr) is kept, trimmed."""
+    api = client.api
+    exec_id = api.exec_create(
+        container,
+        list(argv),
+        stdin=True,
+        stdout=True,
+        stderr=True,
+        user=user or "",
+        environment=[f"{k}={v}" for k, v in (env or {}).items()],
+    )["Id"]
+    t0 = time.monotonic()
+    sock = api.exec_start(exec_id, socket=True)
+    raw = getattr(sock, "_sock", sock)
+    chunks: list[bytes] = []
+    kept = 0
+
+    def pump() -> None:
+        nonlocal kept
+        with contextlib.suppress(OSError):
+            for _stream, data in _frames(raw):
+                chunks.append(data)
+                kept += len(data)
+                while kept > 4 * OUTPUT_KEEP and len(chunks) > 1:
+                    kept -= len(chunks.pop(0))
+
+    reader = threading.Thread(target=pump, name="exec-output", daemon=True)
+    reader.start()
+    try:
+        while data := source.read(block):
+            raw.sendall(data)
+    except OSError as exc:  # the command stopped reading (it failed): its output says why
+        log.debug("stdin of %s closed early: %s", argv[0], exc)
+    finally:
+        with contextlib.suppress(OSError):
+            raw.shutdown(socket.SHUT_WR)
+    reader.join()
+    with contextlib.suppress(OSError):
+        sock.close()
+    return ExecResult(_exit_code(api, exec_id), _tail(b"".join(chunks)), False, time.monotonic() - t0)

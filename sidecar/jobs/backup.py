@@ -1,6 +1,6 @@
 """The backup of one Docker app, in the order of DESIGN.md §4.
 
-lock app → `pre` hooks → (database dumps: sidecar.databases) → stop the
+lock app → `pre` hooks → database dumps (sidecar.jobs.dumps) → stop the
 `stop=true` containers → read the volumes → restart what was stopped (always)
 → `post` hooks (always, once `pre` hooks have started) → write the snapshot.
 
@@ -26,6 +26,7 @@ from sidecar.docker.apps import App, ContainerInfo
 from sidecar.docker.execs import run_shell
 from sidecar.docker.volumes import VolumeAccess
 from sidecar.errors import AppPolicyInvalid, BackupCreateFailed, BackupError
+from sidecar.jobs.dumps import dump_databases
 from sidecar.jobs.locks import AppLock
 from sidecar.labels import Hook
 from sidecar.repo.backup import BackupOptions, BackupSession, Progress
@@ -72,7 +73,8 @@ class HookRun:
 class AppBackupResult:
     snapshot: SnapshotRecord
     hooks: list[HookRun] = field(default_factory=list)
-    volumes: list[dict] = field(default_factory=list)  # {"source", "volume", "access"}
+    # {"source", "volume", "access"} for volumes, {"source", "engine", "bytes"} for database dumps
+    volumes: list[dict] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
 
 
@@ -243,6 +245,7 @@ def backup_app(
     tags: list[str] | None = None,
     description: str | None = None,
     progress: Progress | None = None,
+    include_database: bool = True,
 ) -> AppBackupResult:
     """Back up `app` now; raises a `BackupError` and records nothing when it fails."""
     check_backupable(app)
@@ -267,6 +270,10 @@ def backup_app(
                 description=description,
             )
             session = BackupSession(ctx.repo, options, progress)
+            if include_database:
+                for record in dump_databases(ctx.client, app, session):
+                    sources.append({"source": record.name, "engine": record.engine, "bytes": record.stats.bytes})
+                ctx.on_phase("dumped", app)
             ledger = StoppedLedger(ctx.state_dir, app.app_id)
             try:
                 _stop(ctx, app, ledger)
@@ -300,7 +307,7 @@ def backup_app(
         assert session is not None
         if not session.sources:
             session.abort()
-            raise BackupCreateFailed(f"app {app.app_id} has nothing to back up (no named volumes)")
+            raise BackupCreateFailed(f"app {app.app_id} has nothing to back up (no named volumes, no databases)")
         for text in warnings:
             session.warnings.append({"source": "hooks", "path": "", "error": text})
         snapshot = session.commit()

@@ -117,3 +117,19 @@ def export_snapshot(
                     tar.addfile(info)
                 count += 1
     return count
+
+
+def open_stream_file(repo: Repository, snapshot: SnapshotRecord, source: str) -> BinaryIO:
+    """The content of the one file of a stream source (a database dump), read blob by blob."""
+    src = snapshot.source(source)
+    if src is None:
+        from sidecar.errors import InvalidRequest
+
+        names = ", ".join(s.name for s in snapshot.sources)
+        raise InvalidRequest(f"snapshot {snapshot.id[:8]} has no source {source!r} (it has: {names})")
+    files = [e for e in tree.read_tree([bytes.fromhex(h) for h in src.tree], repo.load_blob) if e["type"] == tree.FILE]
+    if len(files) != 1:
+        from sidecar.errors import InvalidRequest
+
+        raise InvalidRequest(f"source {source!r} of snapshot {snapshot.id[:8]} is not a single stream")
+    return io.BufferedReader(_BlobReader(repo, files[0].get("blobs", [])), 1 << 20)

@@ -64,6 +64,17 @@ def service(command: str = "sleep infinity", **extra) -> dict:
     return doc
 
 
+def _no_interpolation(value):
+    """docker-compose replaces $VAR in every value with the host's variable: `$$` keeps a `$`."""
+    if isinstance(value, str):
+        return value.replace("$", "$$")
+    if isinstance(value, dict):
+        return {k: _no_interpolation(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_no_interpolation(v) for v in value]
+    return value
+
+
 class ComposeProject:
     """A compose project in a temporary directory, brought down (with its volumes) at the end."""
 
@@ -73,7 +84,7 @@ class ComposeProject:
         self.file = workdir / "docker-compose.yml"
 
     def write(self, services: dict, volumes: list[str] | None = None) -> None:
-        doc: dict = {"version": "2.4", "services": services}
+        doc: dict = {"version": "2.4", "services": _no_interpolation(services)}
         if volumes:
             doc["volumes"] = {v: {} for v in volumes}
         self.file.write_text(yaml.safe_dump(doc, sort_keys=False))

@@ -1,0 +1,206 @@
+"""Database dumps streamed out of DB containers into a backup, and loaded back.
+
+A dump goes from the `docker exec` output straight into the repository as a
+stream source (`database:<service>`, one file): no temporary file, never the
+whole dump in memory. It counts only if the command exits 0, wrote something,
+and (mysql/mariadb, postgres) ends with its client's completion trailer;
+otherwise the backup fails and no snapshot is written.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import posixpath
+import re
+import tarfile
+import time
+from typing import BinaryIO
+
+import docker
+import docker.errors
+
+from sidecar.databases import POSTGRES_HARMLESS, DumpPlan, dump_plan, load_command, redis_cli, redis_env, source_name
+from sidecar.docker.apps import App, ContainerInfo
+from sidecar.docker.execs import ExecStream, run_shell, run_with_stdin
+from sidecar.errors import BackupCreateFailed, RestoreFailed
+from sidecar.labels import DbSpec
+from sidecar.repo.backup import BackupSession
+from sidecar.repo.snapshot import SourceRecord
+
+log = logging.getLogger(__name__)
+
+REDIS_SAVE_TIMEOUT = 600.0
+
+
+def _container(app: App, spec: DbSpec) -> ContainerInfo:
+    container = app.container(spec.container)
+    if container is None:
+        raise BackupCreateFailed(f"app {app.app_id}: database container {spec.container} is gone")
+    return container
+
+
+def dump_databases(client: docker.DockerClient, app: App, session: BackupSession) -> list[SourceRecord]:
+    """Dump every `websoft9.backup.db` container of `app` into `session`."""
+    records = []
+    for spec in app.policy.databases:
+        container = _container(app, spec)
+        t0 = time.monotonic()
+        record = dump_database(client, container, spec, session)
+        log.info(
+            "app %s: %s dump of %s: %d bytes in %.1f s",
+            app.app_id,
+            spec.engine,
+            spec.container,
+            record.stats.bytes,
+            time.monotonic() - t0,
+        )
+        records.append(record)
+    return records
+
+
+def dump_database(
+    client: docker.DockerClient, container: ContainerInfo, spec: DbSpec, session: BackupSession
+) -> SourceRecord:
+    plan = dump_plan(spec)
+    name = source_name(spec, container.service)
+    if spec.engine == "redis":
+        return _dump_redis(client, container, spec, plan, name, session)
+    assert plan.command is not None
+    what = f"{spec.engine} dump of {container.name}"
+    try:
+        stream = ExecStream(client, container.id, list(plan.command.argv), plan.command.env, plan.command.user)
+    except docker.errors.APIError as exc:
+        raise BackupCreateFailed(f"{what} could not start: {exc.explanation}") from None
+    try:
+        record = session.add_stream(name, stream, plan.filename, kind="database", engine=spec.engine)
+        code = stream.finish()
+    finally:
+        stream.close()
+    _check(what, plan, code, stream.size, stream.tail, stream.error_text())
+    return record
+
+
+def _check(what: str, plan: DumpPlan, code: int | None, size: int, tail: bytes, errors: str) -> None:
+    detail = f": {errors}" if errors else ""
+    if code != 0:
+        raise BackupCreateFailed(f"{what} failed (exit {code}){detail}")
+    if size == 0:
+        raise BackupCreateFailed(f"{what} wrote nothing{detail}")
+    if plan.trailer is not None and plan.trailer not in tail:
+        raise BackupCreateFailed(f"{what} is incomplete: it does not end with {plan.trailer.decode()!r}{detail}")
+
+
+def _redis_cli(client: docker.DockerClient, container: ContainerInfo, env: dict, *args: str) -> str:
+    command = redis_cli(*args, env=env)
+    result = run_shell_argv(client, container.id, list(command.argv), command.env)
+    if result.exit_code != 0 or result.output.startswith(("ERR", "NOAUTH", "WRONGPASS")):
+        raise BackupCreateFailed(f"redis-cli {' '.join(args)} in {container.name} failed: {result.output[-300:]}")
+    return result.output
+
+
+def run_shell_argv(client: docker.DockerClient, container: str, argv: list[str], env: dict):
+    """An argv run through run_shell's timeout and kill handling."""
+    quoted = " ".join("'" + a.replace("'", "'\"'\"'") + "'" for a in argv)
+    return run_shell(client, container, quoted, env=env, timeout=120)
+
+
+def _dump_redis(
+    client: docker.DockerClient,
+    container: ContainerInfo,
+    spec: DbSpec,
+    plan: DumpPlan,
+    name: str,
+    session: BackupSession,
+) -> SourceRecord:
+    """BGSAVE, wait for a new LASTSAVE, then stream the RDB file."""
+    env = redis_env(spec)
+    before = int(_redis_cli(client, container, env, "LASTSAVE").split()[-1])
+    started = _redis_cli(client, container, env, "BGSAVE")
+    if "already in progress" not in started and "started" not in started.lower():
+        raise BackupCreateFailed(f"redis BGSAVE in {container.name}: {started[-300:]}")
+    deadline = time.monotonic() + REDIS_SAVE_TIMEOUT
+    while True:
+        info = _redis_cli(client, container, env, "INFO", "persistence")
+        lastsave = int(_redis_cli(client, container, env, "LASTSAVE").split()[-1])
+        if "rdb_bgsave_in_progress:0" in info and lastsave > before:
+            if "rdb_last_bgsave_status:ok" not in info:
+                raise BackupCreateFailed(f"redis BGSAVE in {container.name} failed (rdb_last_bgsave_status)")
+            break
+        if time.monotonic() > deadline:
+            raise BackupCreateFailed(f"redis BGSAVE in {container.name} did not finish in {REDIS_SAVE_TIMEOUT:.0f} s")
+        time.sleep(0.2 if lastsave == before else 0.05)
+    directory = _redis_cli(client, container, env, "CONFIG", "GET", "dir").splitlines()[-1].strip()
+    filename = _redis_cli(client, container, env, "CONFIG", "GET", "dbfilename").splitlines()[-1].strip()
+    path = posixpath.join(directory, filename)
+    stream = ExecStream(client, container.id, ["cat", path], {})
+    what = f"redis dump of {container.name} ({path})"
+    try:
+        record = session.add_stream(name, stream, plan.filename, kind="database", engine="redis")
+        code = stream.finish()
+    finally:
+        stream.close()
+    _check(what, plan, code, stream.size, b"", stream.error_text())
+    return record
+
+
+# ---- loading -------------------------------------------------------------------------------------
+
+
+def load_database(client: docker.DockerClient, container: ContainerInfo, spec: DbSpec, dump: BinaryIO) -> None:
+    """Load a dump made by `dump_database` into `container`; raises RestoreFailed with the client's words."""
+    if spec.engine == "redis":
+        _load_redis(client, container, spec, dump)
+        return
+    command = load_command(spec)
+    what = f"loading the {spec.engine} dump into {container.name}"
+    try:
+        result = run_with_stdin(client, container.id, list(command.argv), dump, env=command.env, user=command.user)
+    except docker.errors.APIError as exc:
+        raise RestoreFailed(f"{what}: {exc.explanation}") from None
+    if result.exit_code != 0:
+        raise RestoreFailed(f"{what} failed (exit {result.exit_code}): {result.output[-1000:]}")
+    if spec.engine == "postgres":
+        errors = [
+            line
+            for line in result.output.splitlines()
+            if re.search(r"\bERROR:", line) and not any(h in line for h in POSTGRES_HARMLESS)
+        ]
+        if errors:
+            raise RestoreFailed(f"{what}: " + " | ".join(errors[:5]))
+
+
+def _load_redis(client: docker.DockerClient, container: ContainerInfo, spec: DbSpec, dump: BinaryIO) -> None:
+    """Stop redis, put the RDB file in place (archive API: works on a stopped container), start it."""
+    env = redis_env(spec)
+    try:
+        directory = _redis_cli(client, container, env, "CONFIG", "GET", "dir").splitlines()[-1].strip()
+        filename = _redis_cli(client, container, env, "CONFIG", "GET", "dbfilename").splitlines()[-1].strip()
+        aof = _redis_cli(client, container, env, "CONFIG", "GET", "appendonly").splitlines()[-1].strip()
+    except BackupCreateFailed as exc:
+        raise RestoreFailed(str(exc)) from None
+    if aof == "yes":
+        raise RestoreFailed(f"{container.name} has appendonly=yes: redis would load its AOF, not the restored dump.rdb")
+    data = dump.read()  # an RDB file is loaded whole by redis anyway; it is sent as one tar member
+    info = tarfile.TarInfo(filename)
+    info.size, info.mode, info.mtime = len(data), 0o644, int(time.time())
+    owner = _owner_of(client, container, directory)
+    info.uid, info.gid = owner
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        tar.addfile(info, io.BytesIO(data))
+    client.api.stop(container.id, timeout=30)
+    try:
+        if not client.api.put_archive(container.id, directory, buf.getvalue()):
+            raise RestoreFailed(f"could not write {filename} into {container.name}")
+    finally:
+        client.api.start(container.id)
+
+
+def _owner_of(client: docker.DockerClient, container: ContainerInfo, path: str) -> tuple[int, int]:
+    result = run_shell(client, container.id, 'stat -c "%u %g" "$0"'.replace("$0", path), timeout=30)
+    try:
+        uid, gid = (int(x) for x in result.output.split()[-2:])
+        return uid, gid
+    except ValueError:
+        return 0, 0
