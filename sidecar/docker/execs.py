@@ -15,11 +15,13 @@ import secrets
 import socket
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import BinaryIO
 
 import docker
+
+from sidecar.docker.streams import prefetched
 
 log = logging.getLogger(__name__)
 
@@ -187,7 +189,7 @@ class ExecStream(io.RawIOBase):
         )["Id"]
         self._sock = self._api.exec_start(self.exec_id, socket=True)
         self._raw = getattr(self._sock, "_sock", self._sock)
-        self._frames = _frames(self._raw)
+        self._blocks = prefetched(self._stdout())
         self._left = memoryview(b"")
         self.stderr = bytearray()
         self.tail = b""
@@ -197,21 +199,25 @@ class ExecStream(io.RawIOBase):
     def readable(self) -> bool:
         return True
 
-    def readinto(self, buffer) -> int:  # type: ignore[override]
-        while not self._left:
-            if self.eof:
-                return 0
-            frame = next(self._frames, None)
-            if frame is None:
-                self.eof = True
-                return 0
-            stream, data = frame
+    def _stdout(self) -> Iterator[bytes]:
+        """The output frames (in the read-ahead thread); standard error is set aside."""
+        for stream, data in _frames(self._raw):
             if stream == 2:
                 self.stderr += data
                 if len(self.stderr) > 2 * STDERR_KEEP:
                     del self.stderr[:-STDERR_KEEP]
-                continue
-            self._left = memoryview(data)
+            else:
+                yield data
+
+    def readinto(self, buffer) -> int:  # type: ignore[override]
+        while not self._left:
+            if self.eof:
+                return 0
+            block = next(self._blocks, None)
+            if block is None:
+                self.eof = True
+                return 0
+            self._left = memoryview(block)
         n = min(len(buffer), len(self._left))
         buffer[:n] = self._left[:n]
         if n >= TAIL_KEEP:

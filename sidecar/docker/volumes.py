@@ -22,7 +22,6 @@ import contextlib
 import logging
 import os
 import posixpath
-import queue
 import threading
 from collections.abc import Iterator
 from typing import BinaryIO
@@ -31,6 +30,7 @@ import docker
 import docker.errors
 
 from sidecar.docker.apps import App, VolumeInfo
+from sidecar.docker.streams import prefetched
 from sidecar.errors import BackupCreateFailed, InvalidRequest, RestoreFailed
 from sidecar.repo.backup import BackupSession
 from sidecar.repo.export import export_snapshot
@@ -42,9 +42,6 @@ log = logging.getLogger(__name__)
 
 ACCESS_MODES = ("auto", "host", "archive")
 ARCHIVE_CHUNK = 1 << 20
-PREFETCH_CHUNKS = 32  # blocks of ~COALESCE bytes read ahead of the parser
-COALESCE = 1 << 20
-_END = object()
 
 
 def access_mode(env: dict[str, str] | None = None) -> str:
@@ -165,55 +162,6 @@ class VolumeAccess:
         if not ok:
             raise RestoreFailed(f"the Docker engine did not accept the archive for {destination} of {container[:12]}")
         return int(outcome.get("count", 0))  # type: ignore[call-overload]
-
-
-def prefetched(chunks: Iterator[bytes], depth: int = PREFETCH_CHUNKS) -> Iterator[bytes]:
-    """Read `chunks` in a thread, up to `depth` ahead: Docker keeps producing the tar
-    while this process parses and hands out what came before (measured: 25 -> 19 s
-    for a 2 GiB volume of 100 000 files)."""
-    ahead: queue.Queue = queue.Queue(depth)
-    stop = threading.Event()
-
-    def put(item: object) -> bool:
-        while not stop.is_set():
-            try:
-                ahead.put(item, timeout=0.5)
-                return True
-            except queue.Full:
-                continue
-        return False
-
-    def pump() -> None:
-        # Docker sends 32 KiB HTTP chunks; handing them on in blocks of ~1 MiB saves the
-        # parser ~30 times as many small reads and joins.
-        try:
-            parts: list[bytes] = []
-            size = 0
-            for chunk in chunks:
-                parts.append(chunk)
-                size += len(chunk)
-                if size >= COALESCE:
-                    if not put(b"".join(parts)):
-                        return
-                    parts, size = [], 0
-            if parts and not put(b"".join(parts)):
-                return
-            put(_END)
-        except BaseException as exc:
-            put(exc)
-
-    thread = threading.Thread(target=pump, name="archive-read", daemon=True)
-    thread.start()
-    try:
-        while True:
-            item = ahead.get()
-            if item is _END:
-                return
-            if isinstance(item, BaseException):
-                raise item
-            yield item
-    finally:
-        stop.set()
 
 
 def _chunks(pipe: BinaryIO) -> Iterator[bytes]:

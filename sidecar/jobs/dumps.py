@@ -15,6 +15,7 @@ import posixpath
 import re
 import tarfile
 import time
+from collections.abc import Iterator
 from typing import BinaryIO
 
 import docker
@@ -181,20 +182,38 @@ def _load_redis(client: docker.DockerClient, container: ContainerInfo, spec: DbS
         raise RestoreFailed(str(exc)) from None
     if aof == "yes":
         raise RestoreFailed(f"{container.name} has appendonly=yes: redis would load its AOF, not the restored dump.rdb")
-    data = dump.read()  # an RDB file is loaded whole by redis anyway; it is sent as one tar member
+    size = getattr(dump, "size", None)
+    if size is None:
+        size = _remaining(dump)
     info = tarfile.TarInfo(filename)
-    info.size, info.mode, info.mtime = len(data), 0o644, int(time.time())
-    owner = _owner_of(client, container, directory)
-    info.uid, info.gid = owner
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tar:
-        tar.addfile(info, io.BytesIO(data))
+    info.size, info.mode, info.mtime = size, 0o644, int(time.time())
+    info.uid, info.gid = _owner_of(client, container, directory)
     client.api.stop(container.id, timeout=30)
     try:
-        if not client.api.put_archive(container.id, directory, buf.getvalue()):
+        if not client.api.put_archive(container.id, directory, _tar_of_one(info, dump)):
             raise RestoreFailed(f"could not write {filename} into {container.name}")
     finally:
         client.api.start(container.id)
+
+
+def _remaining(f: BinaryIO) -> int:
+    here = f.tell()
+    end = f.seek(0, io.SEEK_END)
+    f.seek(here)
+    return end - here
+
+
+def _tar_of_one(info: tarfile.TarInfo, content: BinaryIO) -> Iterator[bytes]:
+    """A tar stream of one file, made as it is sent (the file is never held whole)."""
+    yield info.tobuf(format=tarfile.PAX_FORMAT)
+    sent = 0
+    while sent < info.size:
+        block = content.read(min(1 << 20, info.size - sent))
+        if not block:
+            raise RestoreFailed("the stored redis dump is shorter than recorded")
+        sent += len(block)
+        yield block
+    yield b"\0" * (-info.size % tarfile.BLOCKSIZE) + b"\0" * (2 * tarfile.BLOCKSIZE)
 
 
 def _owner_of(client: docker.DockerClient, container: ContainerInfo, path: str) -> tuple[int, int]:

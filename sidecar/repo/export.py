@@ -132,4 +132,12 @@ def open_stream_file(repo: Repository, snapshot: SnapshotRecord, source: str) ->
         from sidecar.errors import InvalidRequest
 
         raise InvalidRequest(f"source {source!r} of snapshot {snapshot.id[:8]} is not a single stream")
-    return io.BufferedReader(_BlobReader(repo, files[0].get("blobs", [])), 1 << 20)
+    return StreamFile(_BlobReader(repo, files[0].get("blobs", [])), files[0].get("size", 0))
+
+
+class StreamFile(io.BufferedReader):
+    """A stored stream, readable front to back; `size` is its length as recorded."""
+
+    def __init__(self, raw: io.RawIOBase, size: int) -> None:
+        super().__init__(raw, 1 << 20)
+        self.size = size

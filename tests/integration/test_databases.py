@@ -249,7 +249,10 @@ def test_postgres_dump_and_load_round_trip(compose, registry, docker_client, loc
 
     registry.inventory(docker_client)
     app = registry.require(compose.name)
-    snap = backup_app(job_context(docker_client, local_repo, tmp_path / "state"), app).snapshot
+    ctx = job_context(docker_client, local_repo, tmp_path / "state")
+    with pytest.raises(BackupCreateFailed, match="nothing to back up"):  # no volume besides the DB's own
+        backup_app(ctx, app, include_database=False)
+    snap = backup_app(ctx, app).snapshot
     assert [s.name for s in snap.sources] == ["database:db"]
 
     psql(db, "UPDATE products SET name = 'changed'; DELETE FROM audit; DROP VIEW cheap;", "shop")
