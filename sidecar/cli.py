@@ -200,6 +200,48 @@ def cmd_backup_app(args: argparse.Namespace, settings: Settings) -> int:
     return _report_backup(args, repo, result.snapshot, extra)
 
 
+def cmd_restore_app(args: argparse.Namespace, settings: Settings) -> int:
+    from sidecar.docker.apps import Registry
+    from sidecar.docker.client import connect
+    from sidecar.docker.volumes import VolumeAccess, access_mode
+    from sidecar.jobs.backup import JobContext
+    from sidecar.jobs.restore import RestoreOptions, restore_app
+
+    mode = access_mode()
+    client = connect()
+    registry = Registry(log_changes=False)
+    registry.inventory(client)
+    app = registry.require(args.app)
+    repo = _open(args, settings)
+    snap = repo.find_snapshot(args.snapshot, args.app)
+    ctx = JobContext(client, repo, settings.data_dir / "state", VolumeAccess(client, mode), lock_wait=args.lock_wait)
+    options = RestoreOptions(
+        safety=not args.no_safety,
+        restore_database=not args.no_database,
+        stop_app=not args.no_stop,
+        volumes=[v.strip() for v in args.volumes.split(",") if v.strip()] if args.volumes else None,
+        verify_data=args.verify_data,
+        wait_timeout=args.wait_timeout,
+    )
+
+    def show(phase: str, done: int, total: int) -> None:
+        if not args.json and sys.stderr.isatty():
+            print(f"  {phase}...", file=sys.stderr)
+
+    result = restore_app(ctx, app, snap, options, show)
+    if args.json:
+        _print_json({"backup_id": snap.backup_id, "app_id": app.app_id, **result.to_json()})
+    else:
+        for w in result.warnings:
+            print(f"warning: {w}", file=sys.stderr)
+        safety = f"; safety snapshot {result.safety_snapshot_id[:8]}" if result.safety_snapshot_id else ""
+        print(
+            f"restored app {app.app_id} to snapshot {snap.id[:8]} ({snap.backup_id}): "
+            f"{len(result.volumes)} volumes, {len(result.databases)} databases, {result.duration_s:.1f} s{safety}"
+        )
+    return EXIT_WARNINGS if result.warnings else EXIT_OK
+
+
 def cmd_snapshots(args: argparse.Namespace, settings: Settings) -> int:
     repo = _open(args, settings)
     snaps = repo.list_snapshots(args.app_id)
@@ -244,6 +286,12 @@ def cmd_snapshots(args: argparse.Namespace, settings: Settings) -> int:
 def cmd_restore(args: argparse.Namespace, settings: Settings) -> int:
     from sidecar.repo.restore import restore_snapshot
 
+    if args.app:
+        if args.target or args.source:
+            raise InvalidRequest("give either --app APP_ID or --target DIR, not both")
+        return cmd_restore_app(args, settings)
+    if not args.target:
+        raise InvalidRequest("give --target DIR (or --app APP_ID to restore a Docker app)")
     repo = _open(args, settings)
     snap = repo.find_snapshot(args.snapshot, args.app_id)
     progress = _progress("restore", args)
@@ -515,7 +563,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = command("restore", cmd_restore, "restore a snapshot into a directory")
     p.add_argument("snapshot", help="snapshot id (or prefix), backup_id, or 'latest'")
-    p.add_argument("--target", required=True, help="directory to restore into (made exact unless --no-delete)")
+    p.add_argument("--target", help="directory to restore into (made exact unless --no-delete)")
+    p.add_argument("--app", metavar="APP_ID", help="restore a Docker app (volumes and databases) to the snapshot")
+    p.add_argument("--no-safety", action="store_true", help="with --app: no safety snapshot first (no rollback)")
+    p.add_argument("--no-database", action="store_true", help="with --app: leave the databases as they are")
+    p.add_argument("--no-stop", action="store_true", help="with --app: do not stop the app's containers")
+    p.add_argument("--volumes", metavar="A,B", help="with --app: only these volumes (compose keys or names)")
+    p.add_argument("--verify-data", action="store_true", help="with --app: read and check all its data first")
+    p.add_argument("--wait-timeout", type=float, default=120.0, metavar="SECONDS")
     p.add_argument("--source", help="restore only this source of the snapshot")
     p.add_argument("--app-id", help="with 'latest': the latest snapshot of this app")
     p.add_argument("--no-delete", action="store_true", help="keep files in the target that the snapshot lacks")

@@ -249,67 +249,90 @@ def backup_app(
 ) -> AppBackupResult:
     """Back up `app` now; raises a `BackupError` and records nothing when it fails."""
     check_backupable(app)
+    app.backup_volumes()  # a wrong volumes label fails before anything runs
+    with AppLock(ctx.state_dir / "locks", app.app_id, "backup", ctx.lock_wait):
+        return backup_app_locked(
+            ctx,
+            app,
+            backup_type=backup_type,
+            tags=tags,
+            description=description,
+            progress=progress,
+            include_database=include_database,
+        )
+
+
+def backup_app_locked(
+    ctx: JobContext,
+    app: App,
+    *,
+    backup_type: str | None = None,
+    tags: list[str] | None = None,
+    description: str | None = None,
+    progress: Progress | None = None,
+    include_database: bool = True,
+) -> AppBackupResult:
+    """`backup_app` for a caller that holds the app's lock (a restore's safety snapshot)."""
     policy = app.policy
     volumes = app.backup_volumes()
-    with AppLock(ctx.state_dir / "locks", app.app_id, "backup", ctx.lock_wait):
-        restart_left_stopped(ctx.client, ctx.state_dir)
-        hooks: list[HookRun] = []
-        warnings: list[str] = []
-        failure: BaseException | None = None
-        session: BackupSession | None = None
-        sources: list[dict] = []
+    restart_left_stopped(ctx.client, ctx.state_dir)
+    hooks: list[HookRun] = []
+    warnings: list[str] = []
+    failure: BaseException | None = None
+    session: BackupSession | None = None
+    sources: list[dict] = []
+    try:
+        failed = run_hooks(ctx.client, app, "pre", hooks)
+        if failed is not None:
+            raise BackupCreateFailed(f"app {app.app_id}: {failed.describe()}; the backup was not made")
+        options = BackupOptions(
+            app_id=app.app_id,
+            app_name=app.app_name,
+            backup_type=backup_type or policy.backup_type,
+            tags=list(tags or []),
+            description=description,
+        )
+        session = BackupSession(ctx.repo, options, progress)
+        if include_database:
+            for record in dump_databases(ctx.client, app, session):
+                sources.append({"source": record.name, "engine": record.engine, "bytes": record.stats.bytes})
+            ctx.on_phase("dumped", app)
+        ledger = StoppedLedger(ctx.state_dir, app.app_id)
         try:
-            failed = run_hooks(ctx.client, app, "pre", hooks)
-            if failed is not None:
-                raise BackupCreateFailed(f"app {app.app_id}: {failed.describe()}; the backup was not made")
-            options = BackupOptions(
-                app_id=app.app_id,
-                app_name=app.app_name,
-                backup_type=backup_type or policy.backup_type,
-                tags=list(tags or []),
-                description=description,
-            )
-            session = BackupSession(ctx.repo, options, progress)
-            if include_database:
-                for record in dump_databases(ctx.client, app, session):
-                    sources.append({"source": record.name, "engine": record.engine, "bytes": record.stats.bytes})
-                ctx.on_phase("dumped", app)
-            ledger = StoppedLedger(ctx.state_dir, app.app_id)
-            try:
-                _stop(ctx, app, ledger)
-                ctx.on_phase("stopped", app)
-                for volume in volumes:
-                    name = volume_source_name(volume.key)
-                    how = ctx.volume_access.how(volume)
-                    ctx.volume_access.back_up(session, app, volume, name, policy.exclude)
-                    sources.append({"source": name, "volume": volume.name, "access": how})
-                ctx.on_phase("read", app)
-            finally:
-                restart_errors = _restart(ctx, app, ledger)
-                ctx.on_phase("restarted", app)
-            if restart_errors:
-                raise BackupCreateFailed(f"app {app.app_id}: " + "; ".join(restart_errors))
-        except BaseException as exc:
-            failure = exc
+            _stop(ctx, app, ledger)
+            ctx.on_phase("stopped", app)
+            for volume in volumes:
+                name = volume_source_name(volume.key)
+                how = ctx.volume_access.how(volume)
+                ctx.volume_access.back_up(session, app, volume, name, policy.exclude)
+                sources.append({"source": name, "volume": volume.name, "access": how})
+            ctx.on_phase("read", app)
         finally:
-            post_failed = run_hooks(ctx.client, app, "post", hooks)
-        for run in hooks:
-            if not run.ok and run.on_error == "continue":
-                warnings.append(run.describe())
-        if failure is None and post_failed is not None:
-            failure = BackupCreateFailed(f"app {app.app_id}: {post_failed.describe()}; the backup was not recorded")
-        if failure is not None:
-            if session is not None:
-                session.abort()
-            if isinstance(failure, BackupError) or not isinstance(failure, Exception):
-                raise failure
-            raise BackupCreateFailed(f"app {app.app_id}: {failure}") from failure
-        assert session is not None
-        if not session.sources:
+            restart_errors = _restart(ctx, app, ledger)
+            ctx.on_phase("restarted", app)
+        if restart_errors:
+            raise BackupCreateFailed(f"app {app.app_id}: " + "; ".join(restart_errors))
+    except BaseException as exc:
+        failure = exc
+    finally:
+        post_failed = run_hooks(ctx.client, app, "post", hooks)
+    for run in hooks:
+        if not run.ok and run.on_error == "continue":
+            warnings.append(run.describe())
+    if failure is None and post_failed is not None:
+        failure = BackupCreateFailed(f"app {app.app_id}: {post_failed.describe()}; the backup was not recorded")
+    if failure is not None:
+        if session is not None:
             session.abort()
-            raise BackupCreateFailed(f"app {app.app_id} has nothing to back up (no named volumes, no databases)")
-        for text in warnings:
-            session.warnings.append({"source": "hooks", "path": "", "error": text})
-        snapshot = session.commit()
+        if isinstance(failure, BackupError) or not isinstance(failure, Exception):
+            raise failure
+        raise BackupCreateFailed(f"app {app.app_id}: {failure}") from failure
+    assert session is not None
+    if not session.sources:
+        session.abort()
+        raise BackupCreateFailed(f"app {app.app_id} has nothing to back up (no named volumes, no databases)")
+    for text in warnings:
+        session.warnings.append({"source": "hooks", "path": "", "error": text})
+    snapshot = session.commit()
     log.info("app %s: snapshot %s saved (%s)", app.app_id, snapshot.id[:8], snapshot.backup_type)
     return AppBackupResult(snapshot, hooks, sources, warnings)

@@ -148,11 +148,17 @@ def _dump_redis(
 # ---- loading -------------------------------------------------------------------------------------
 
 
-def load_database(client: docker.DockerClient, container: ContainerInfo, spec: DbSpec, dump: BinaryIO) -> None:
-    """Load a dump made by `dump_database` into `container`; raises RestoreFailed with the client's words."""
+def load_database(
+    client: docker.DockerClient, container: ContainerInfo, spec: DbSpec, dump: BinaryIO, exact: bool = False
+) -> list[str]:
+    """Load a dump made by `dump_database` into `container`; raises RestoreFailed with the client's words.
+    With `exact`, databases the dump does not create are dropped afterwards (returned)."""
     if spec.engine == "redis":
         _load_redis(client, container, spec, dump)
-        return
+        return []
+    names = DatabaseNames(dump, spec.engine) if exact else None
+    if names is not None:
+        dump = names  # type: ignore[assignment]
     command = load_command(spec)
     what = f"loading the {spec.engine} dump into {container.name}"
     try:
@@ -169,6 +175,9 @@ def load_database(client: docker.DockerClient, container: ContainerInfo, spec: D
         ]
         if errors:
             raise RestoreFailed(f"{what}: " + " | ".join(errors[:5]))
+    if names is not None:
+        return drop_other_databases(client, container, spec, names.names)
+    return []
 
 
 def _load_redis(client: docker.DockerClient, container: ContainerInfo, spec: DbSpec, dump: BinaryIO) -> None:
@@ -223,3 +232,102 @@ def _owner_of(client: docker.DockerClient, container: ContainerInfo, path: str) 
         return uid, gid
     except ValueError:
         return 0, 0
+
+
+# ---- making a load exact: readiness, and databases the dump does not have -------------------------
+
+SYSTEM_DATABASES = {
+    "mysql": {"information_schema", "mysql", "performance_schema", "sys"},
+    "mariadb": {"information_schema", "mysql", "performance_schema", "sys"},
+    "postgres": {"postgres", "template0", "template1"},
+}
+_CREATE_DATABASE = {
+    "mysql": re.compile(rb"^CREATE DATABASE (?:/\*!32312 IF NOT EXISTS\*/ )?`((?:[^`]|``)+)`", re.M),
+    "postgres": re.compile(rb'^CREATE DATABASE ("(?:[^"]|"")+"|[A-Za-z0-9_$]+)', re.M),
+}
+
+
+class DatabaseNames(io.RawIOBase):
+    """Passes a dump through while noting the databases it creates."""
+
+    def __init__(self, dump: BinaryIO, engine: str) -> None:
+        self._dump = dump
+        self._pattern = _CREATE_DATABASE["postgres" if engine == "postgres" else "mysql"]
+        self._carry = b""
+        self.names: set[str] = set()
+        self.size = getattr(dump, "size", None)
+
+    def readable(self) -> bool:
+        return True
+
+    def read(self, n: int = -1) -> bytes:  # type: ignore[override]
+        data = self._dump.read(n)
+        if data:
+            window = self._carry + data
+            for match in self._pattern.finditer(window):
+                raw = match.group(1)
+                if raw.startswith(b'"'):
+                    raw = raw[1:-1].replace(b'""', b'"')
+                self.names.add(raw.replace(b"``", b"`").decode("utf-8", "replace"))
+            cut = window.rfind(b"\n")
+            self._carry = window[cut + 1 :][-4096:] if cut >= 0 else window[-4096:]
+        return data
+
+
+def _client(spec: DbSpec, *args: str) -> tuple[list[str], dict]:
+    command = load_command(spec)
+    if spec.engine == "postgres":
+        script = command.argv[2].replace("exec psql -X -q", 'exec psql -X -q -A -t "$@"')
+        return ["sh", "-c", script, "w9", *args], command.env
+    return [*command.argv, *args], command.env
+
+
+def _query(client: docker.DockerClient, container: ContainerInfo, spec: DbSpec, sql: str) -> str:
+    flag = ["-c", sql] if spec.engine == "postgres" else ["-N", "-e", sql]
+    argv, env = _client(spec, *flag)
+    result = run_shell_argv(client, container.id, argv, env)
+    if result.exit_code != 0:
+        raise RestoreFailed(f"{spec.engine} in {container.name}: {result.output[-500:]}")
+    return result.output
+
+
+def wait_database_ready(client: docker.DockerClient, container: ContainerInfo, spec: DbSpec, timeout: float) -> None:
+    """Wait until the database in `container` answers a query (after a start)."""
+    deadline = time.monotonic() + timeout
+    last = ""
+    while True:
+        try:
+            if spec.engine == "redis":
+                if "PONG" in _redis_cli(client, container, redis_env(spec), "PING"):
+                    return
+            elif spec.engine == "mongodb":
+                return  # no client to ask without credentials in argv; mongorestore retries itself
+            else:
+                _query(client, container, spec, "SELECT 1")
+                return
+        except (RestoreFailed, BackupCreateFailed, docker.errors.APIError) as exc:
+            last = str(exc)
+        if time.monotonic() > deadline:
+            raise RestoreFailed(f"{spec.engine} in {container.name} did not answer within {timeout:.0f} s: {last}")
+        time.sleep(0.5)
+
+
+def drop_other_databases(
+    client: docker.DockerClient, container: ContainerInfo, spec: DbSpec, keep: set[str]
+) -> list[str]:
+    """Drop the databases that exist now but are not in the restored dump (a full-cluster dump only)."""
+    if spec.engine not in SYSTEM_DATABASES or spec.databases:
+        return []
+    if spec.engine == "postgres":
+        listing = _query(client, container, spec, "SELECT datname FROM pg_database WHERE NOT datistemplate")
+    else:
+        listing = _query(client, container, spec, "SHOW DATABASES")
+    present = {line.strip() for line in listing.splitlines() if line.strip()}
+    extra = sorted(present - keep - SYSTEM_DATABASES[spec.engine])
+    for name in extra:
+        if spec.engine == "postgres":
+            _query(client, container, spec, 'DROP DATABASE "' + name.replace('"', '""') + '" WITH (FORCE)')
+        else:
+            _query(client, container, spec, "DROP DATABASE `" + name.replace("`", "``") + "`")
+        log.info("%s: dropped database %s (not in the restored snapshot)", container.name, name)
+    return extra

@@ -71,6 +71,10 @@ class RetentionPolicy:
         return ",".join(f"{f.name}={getattr(self, f.name)}" for f in fields(self) if getattr(self, f.name))
 
 
+SAFETY_TAG = "pre-restore"  # made by an app restore before it changes anything
+SAFETY_KEEP_DAYS = 7
+
+
 @dataclass(frozen=True)
 class Decision:
     snapshot: SnapshotRecord
@@ -106,6 +110,10 @@ def apply_retention(
                 reasons[i].append(name)
                 remaining -= 1
                 previous = bucket
+    safety_cutoff = now - timedelta(days=SAFETY_KEEP_DAYS)
+    for i, snap in enumerate(ordered):
+        if SAFETY_TAG in snap.tags and snap.time >= safety_cutoff:
+            reasons[i].append(f"safety snapshot of a restore (kept {SAFETY_KEEP_DAYS} days)")
     if ordered and not allow_empty and not any(reasons.values()):
         reasons[0].append("newest snapshot of the app (never forgotten without allow_empty)")
     return [Decision(s, bool(reasons[i]), tuple(reasons[i])) for i, s in enumerate(ordered)]

@@ -320,3 +320,25 @@ def test_empty_and_describe():
     assert RetentionPolicy().describe() == ""
     assert not RetentionPolicy(yearly=1).empty
     assert RetentionPolicy(last=2, monthly=6).describe() == "last=2,monthly=6"
+
+
+def test_safety_snapshots_of_a_restore_are_kept_seven_days():
+    from datetime import UTC, datetime, timedelta
+
+    from sidecar.repo.retention import RetentionPolicy, apply_retention
+
+    now = datetime(2026, 11, 26, 12, tzinfo=UTC)
+
+    def snap(days_ago: float, tags: list[str]):
+        from sidecar.repo.snapshot import SnapshotRecord
+
+        return SnapshotRecord(
+            backup_id=f"b{days_ago}", app_id="a", app_name="a", time=now - timedelta(days=days_ago),
+            backup_type="full", hostname="h", sources=[], tags=tags,
+        )  # fmt: skip
+
+    snaps = [snap(0, []), snap(3, ["pre-restore"]), snap(8, ["pre-restore"]), snap(2, [])]
+    decisions = {d.snapshot.backup_id: d for d in apply_retention(snaps, RetentionPolicy(last=1), now)}
+    assert decisions["b0"].keep and not decisions["b2"].keep
+    assert decisions["b3"].keep and "safety snapshot" in decisions["b3"].reasons[0]
+    assert not decisions["b8"].keep
