@@ -1,0 +1,170 @@
+"""Restoring a whole app against restic + the DB client, and the cost of a safety snapshot.
+
+    python bench/restore_app.py [--volume-mb 1850] [--dump-mb 200] [--work /var/tmp/w9-restore-bench]
+
+Builds an app of the test image: a web container with a volume of
+`bench/dataset.py` data and a MariaDB container with a table whose dump is
+about --dump-mb. Then, after the same page-cache warm-up each time:
+
+1. `backup --app` (full) and again unchanged (what a restore's safety
+   snapshot costs: incremental, plus a fresh dump);
+2. our `restore --app latest --no-safety` into the emptied volume;
+3. the reference: restic restores the same volume data into an emptied
+   directory, and the same dump is loaded with `mariadb` directly.
+
+Each side empties its target the same way first (`rm -rf` of the contents).
+Needs root, Docker, the test image and restic (`apt-get install restic`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent))
+
+from bench import dataset, db_dump  # noqa: E402
+from bench.compare_restic import run  # noqa: E402
+from bench.db_dump import START, insert_rows  # noqa: E402
+
+IMAGE = os.environ.get("W9_TEST_IMAGE", "websoft9-backup-test:1")
+APP = "w9rbench"
+PASSWORD = "benchmark passphrase"
+ROOT_PW = "bench-root-pw"
+
+
+def sh(*args: str, **kw) -> subprocess.CompletedProcess:
+    return subprocess.run(list(args), check=True, capture_output=True, **kw)
+
+
+def empty(path: str) -> None:
+    for name in os.listdir(path):
+        p = os.path.join(path, name)
+        if os.path.isdir(p) and not os.path.islink(p):
+            shutil.rmtree(p)
+        else:
+            os.unlink(p)
+
+
+def timed(cmd: list[str], env: dict) -> float:
+    return run(cmd, env)["wall_s"]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--volume-mb", type=int, default=1850)
+    ap.add_argument("--dump-mb", type=int, default=200)
+    ap.add_argument("--work", default="/var/tmp/w9-restore-bench")
+    args = ap.parse_args()
+    work = Path(args.work)
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
+    db = f"{APP}_db_1"
+    web = f"{APP}_web_1"
+    db_dump.CONTAINER = db
+    for c in (db, web):
+        subprocess.run(["docker", "rm", "-f", c], capture_output=True)
+    for v in ("data", "dbdata"):
+        subprocess.run(["docker", "volume", "rm", "-f", f"{APP}_{v}"], capture_output=True)
+    labels = ["--label", f"com.docker.compose.project={APP}"]
+    try:
+        sh("docker", "volume", "create", *labels, "--label", "com.docker.compose.volume=data", f"{APP}_data")
+        mountpoint = sh("docker", "volume", "inspect", "-f", "{{.Mountpoint}}", f"{APP}_data", text=True).stdout.strip()
+        dataset.create(mountpoint, size_mb=args.volume_mb, seed=1)
+        sh(
+            "docker",
+            "run",
+            "-d",
+            "--name",
+            web,
+            "--init",
+            "--network",
+            "none",
+            *labels,
+            "--label",
+            "com.docker.compose.service=web",
+            "-v",
+            f"{APP}_data:/var/www/html",
+            IMAGE,
+            "sleep",
+            "infinity",
+        )
+        sh("docker", "run", "-d", "--name", db, "--network", "none", *labels,
+           "--label", "com.docker.compose.service=db", "--label", "websoft9.backup.db=mariadb",
+           "-e", f"MARIADB_ROOT_PASSWORD={ROOT_PW}", "-v", f"{APP}_dbdata:/var/lib/mysql",
+           IMAGE, "sh", "-c", START)  # fmt: skip
+        db_dump.wait_ready()
+        sh(
+            "docker",
+            "exec",
+            db,
+            "sh",
+            "-c",
+            'MYSQL_PWD="$MARIADB_ROOT_PASSWORD" mariadb -uroot -e "CREATE DATABASE app"',
+        )
+        db_dump.sql(
+            "CREATE TABLE events (id BIGINT PRIMARY KEY, created DATETIME, user_id INT, kind VARCHAR(16), "
+            "payload TEXT) ENGINE=InnoDB"
+        )
+        insert_rows(1, args.dump_mb * 2**20 // db_dump.ROW_BYTES)
+        dump_file = work / "dump.sql"
+        with open(dump_file, "wb") as f:
+            subprocess.run(["docker", "exec", db, "sh", "-c",
+                            'MYSQL_PWD="$MARIADB_ROOT_PASSWORD" mariadb-dump -uroot --single-transaction --routines '
+                            "--triggers --events --hex-blob --all-databases"], stdout=f, check=True)  # fmt: skip
+        print(f"app: volume {args.volume_mb} MiB, dump {dump_file.stat().st_size / 2**20:.0f} MiB", flush=True)
+
+        cli = [sys.executable, "-m", "sidecar"]
+        repo = work / "repo"
+        env = {**os.environ, "BACKUP_ENCRYPTION_KEY": PASSWORD, "BACKUP_DATA_DIR": str(work / "data"),
+               "RESTIC_PASSWORD": PASSWORD, "RESTIC_REPOSITORY": str(work / "restic")}  # fmt: skip
+        sh(*cli, "init", "--repo", str(repo), env=env)
+        sh("restic", "init", env=env)
+        dataset_warm = ["tar", "-cf", "/dev/null", "-C", mountpoint, "."]
+        subprocess.run(dataset_warm, check=True)
+        full = timed([*cli, "backup", "--repo", str(repo), "--app", APP, "--type", "full"], env)
+        subprocess.run(dataset_warm, check=True)
+        again = timed([*cli, "backup", "--repo", str(repo), "--app", APP], env)
+        volume_only = timed([*cli, "backup", "--repo", str(repo), "--app", APP, "--no-database"], env)
+        print(f"full backup {full:.1f} s; unchanged app again (= a safety snapshot) {again:.1f} s = "
+              f"{100 * again / full:.0f} % (target <= 10 %); of which without the dump {volume_only:.1f} s = "
+              f"{100 * volume_only / full:.0f} %", flush=True)  # fmt: skip
+        sh("restic", "backup", "--quiet", mountpoint, env=env)
+        copy = work / "reference"
+        subprocess.run(["cp", "-a", mountpoint, str(copy)], check=True)
+
+        # ours: the whole app (volume + database) from the latest snapshot, no safety snapshot
+        empty(mountpoint)
+        ours = timed([*cli, "restore", "--repo", str(repo), "--app", APP, "latest", "--no-safety"], env)
+        same = subprocess.run([sys.executable, str(HERE / "treecompare.py"), str(copy), mountpoint],
+                              capture_output=True, text=True)  # fmt: skip
+        # reference: restic for the same volume data, then the dump loaded with the client
+        target = work / "restic-target"
+        target.mkdir()
+        t0 = time.perf_counter()
+        sh("restic", "restore", "latest", "--target", str(target), env=env)
+        restic_s = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        with open(dump_file, "rb") as f:
+            load = 'MYSQL_PWD="$MARIADB_ROOT_PASSWORD" mariadb -uroot'
+            subprocess.run(["docker", "exec", "-i", db, "sh", "-c", load], stdin=f, check=True)
+        load_s = time.perf_counter() - t0
+        reference = restic_s + load_s
+        print(f"restore --app: {ours:.1f} s (volume identical: {same.stdout.strip().splitlines()[-1]}); "
+              f"restic restore {restic_s:.1f} s + mariadb load {load_s:.1f} s = {reference:.1f} s; "
+              f"ratio {ours / reference:.2f} (target <= 1.3)", flush=True)  # fmt: skip
+    finally:
+        for c in (db, web):
+            subprocess.run(["docker", "rm", "-f", c], capture_output=True)
+        for v in ("data", "dbdata"):
+            subprocess.run(["docker", "volume", "rm", "-f", f"{APP}_{v}"], capture_output=True)
+
+
+if __name__ == "__main__":
+    main()
