@@ -301,7 +301,7 @@ class _TreeScan:
             self.writer.submit_files(self.batch)
             self.batch = FileBatch(self.key, self.in_memory)
 
-    def _reusable(self, entry: dict, rel_key: tuple[bytes, ...]) -> list[str] | None:
+    def _reusable(self, entry: dict, rel_key: tuple[bytes, ...]) -> dict | None:
         if self.parent is None:
             return None
         old = self.parent.find(rel_key)
@@ -317,7 +317,7 @@ class _TreeScan:
         blobs = old.get("blobs", [])
         index = self.index
         if all(bytes.fromhex(h) in index for h in blobs):
-            return blobs
+            return old
         return None  # some of its data is gone from the repository: read it again
 
     def run(self) -> list[bytes]:
@@ -325,9 +325,6 @@ class _TreeScan:
         for rel, path, st in self.walker:
             entry = entry_from_stat(rel, st)
             kind = entry["type"]
-            xattrs = self.xattrs.read(path, st.st_dev)
-            if xattrs:
-                entry["xattrs"] = xattrs
             batch, place = None, 0
             if kind == tree.FILE:
                 if st.st_nlink > 1:
@@ -337,18 +334,29 @@ class _TreeScan:
                         self._emit_ready()
                         continue
                     self.links[(st.st_dev, st.st_ino)] = rel
-                blobs = self._reusable(entry, tree.path_key(rel))
-                if blobs is not None:
-                    entry["blobs"] = blobs
+                old = self._reusable(entry, tree.path_key(rel))
+                if old is not None:
+                    # unchanged: same ctime, so the same xattrs too (setting one changes the ctime);
+                    # keys in the order a read file gets them, so that listings stay byte-identical
+                    if "xattrs" in old:
+                        entry["xattrs"] = old["xattrs"]
+                    entry["blobs"] = old.get("blobs", [])
                     self.stats.reused_files += 1
                 else:
+                    xattrs = self.xattrs.read(path, st.st_dev)
+                    if xattrs:
+                        entry["xattrs"] = xattrs
                     batch = self.batch
                     place = len(batch.files)
                     batch.files.append((path, st.st_size))
                     batch.nbytes += st.st_size
                     if len(batch.files) >= BATCH_FILES or batch.nbytes >= BATCH_BYTES:
                         self._flush_batch()
-            elif kind == tree.SYMLINK:
+            else:
+                xattrs = self.xattrs.read(path, st.st_dev)
+                if xattrs:
+                    entry["xattrs"] = xattrs
+            if kind == tree.SYMLINK:
                 try:
                     tree.put_name(entry, "target", os.readlink(path))
                 except OSError as exc:
