@@ -226,3 +226,30 @@ def test_postgres_app_restore_drops_what_came_later(compose, registry, docker_cl
     assert result.databases[0]["dropped"] == ["later"]
     assert psql(db, "SELECT * FROM repos ORDER BY id", "gitea") == rows
     assert docker_exec(compose.container("app"), "cat /srv/files/readme; ls /srv/files") == "v1\nreadme\n"
+
+
+def test_restore_app_from_the_command_line(compose, docker_client, tmp_path):
+    from tests.conftest import run_cli
+
+    compose.write(
+        {"web": service(labels={"websoft9.backup.type": "full"}, volumes=["site:/srv/site"])}, volumes=["site"]
+    )
+    compose.up()
+    docker_exec(compose.container("web"), "echo first > /srv/site/index.html")
+    env = {"BACKUP_DATA_DIR": str(tmp_path / "data")}
+    repo = tmp_path / "repo"
+    assert run_cli("init", "--repo", repo, env=env).code == 0
+    backup = run_cli("backup", "--repo", repo, "--app", compose.name, "--json", env=env)
+    assert backup.code == 0, backup.err
+    docker_exec(compose.container("web"), "echo second > /srv/site/index.html; touch /srv/site/extra")
+
+    both = run_cli("restore", "--repo", repo, "latest", "--app", compose.name, "--target", tmp_path, env=env)
+    assert both.code == 1 and "not both" in both.err
+    restored = run_cli("restore", "--repo", repo, "latest", "--app", compose.name, "--json", env=env)
+    assert restored.code == 0, restored.err
+    doc = restored.json()
+    assert doc["snapshot_id"] == backup.json()["snapshot_id"]
+    assert doc["safety_snapshot_id"] and doc["volumes"][0]["source"] == "volume:site"
+    assert docker_exec(compose.container("web"), "cat /srv/site/index.html; ls /srv/site") == "first\nindex.html\n"
+    listed = run_cli("snapshots", "--repo", repo, "--app-id", compose.name, "--json", env=env).json()
+    assert sorted(s["tags"] == ["pre-restore"] for s in listed) == [False, True]
