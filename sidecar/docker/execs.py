@@ -15,11 +15,12 @@ import secrets
 import socket
 import threading
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import BinaryIO
 
 import docker
+import docker.errors
 
 from sidecar.docker.streams import prefetched
 
@@ -84,7 +85,7 @@ def run_shell(
     def pump() -> None:
         nonlocal kept
         try:
-            for _stream, data in _frames(raw):
+            for _stream, data in _frames(raw, lambda: _gone(api, exec_id)):
                 chunks.append(data)
                 kept += len(data)
                 while kept > 4 * OUTPUT_KEEP and len(chunks) > 1:
@@ -116,6 +117,13 @@ def run_shell(
     return ExecResult(exit_code, _tail(output), timed_out, time.monotonic() - t0)
 
 
+def _gone(api: docker.APIClient, exec_id: str) -> bool:
+    try:
+        return not api.exec_inspect(exec_id).get("Running")
+    except docker.errors.APIError:
+        return True
+
+
 def _exit_code(api: docker.APIClient, exec_id: str) -> int | None:
     # The output stream can end a moment before the engine records the exit code.
     for _ in range(50):
@@ -137,12 +145,35 @@ def _kill(client: docker.DockerClient, container: str, pid: int) -> None:
         log.warning("could not kill pid %d in %s after its timeout: %s", pid, container, exc)
 
 
-def _frames(sock) -> object:
-    """Demultiplex Docker's exec stream: 8-byte headers (stream, 0, 0, 0, size32) + payload."""
+def _frames(sock, finished: Callable[[], bool] | None = None) -> Iterator[tuple[int, bytes]]:
+    """Demultiplex Docker's exec stream: 8-byte headers (stream, 0, 0, 0, size32) + payload.
+
+    With `finished` (is the exec's process gone?), a quiet stream is checked every
+    second: the engine sometimes keeps an exec's stream open after its process
+    exited (seen with Docker 20.10 and commands that end within milliseconds), and a
+    read would then wait forever. Two quiet seconds after the process is gone = the end."""
+    if finished is not None:
+        sock.settimeout(1.0)
+    quiet = 0
+
+    def recv(n: int) -> bytes | None:
+        nonlocal quiet
+        while True:
+            try:
+                data = sock.recv(n)
+                quiet = 0
+                return data
+            except TimeoutError:
+                if finished is None:
+                    raise
+                quiet = quiet + 1 if finished() else 0
+                if quiet >= 2:
+                    return None
+
     buf = b""
     while True:
         while len(buf) < 8:
-            data = sock.recv(65536)
+            data = recv(65536)
             if not data:
                 return
             buf += data
@@ -150,7 +181,7 @@ def _frames(sock) -> object:
         size = int.from_bytes(buf[4:8], "big")
         buf = buf[8:]
         while len(buf) < size:
-            data = sock.recv(max(65536, size - len(buf)))
+            data = recv(max(65536, size - len(buf)))
             if not data:
                 yield stream, buf
                 return
@@ -201,7 +232,7 @@ class ExecStream(io.RawIOBase):
 
     def _stdout(self) -> Iterator[bytes]:
         """The output frames (in the read-ahead thread); standard error is set aside."""
-        for stream, data in _frames(self._raw):
+        for stream, data in _frames(self._raw, lambda: _gone(self._api, self.exec_id)):
             if stream == 2:
                 self.stderr += data
                 if len(self.stderr) > 2 * STDERR_KEEP:
@@ -275,6 +306,7 @@ def run_with_stdin(
 
     def pump() -> None:
         nonlocal kept
+        # no stall check here: it would make the socket non-blocking under the writer
         with contextlib.suppress(OSError):
             for _stream, data in _frames(raw):
                 chunks.append(data)

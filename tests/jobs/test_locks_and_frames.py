@@ -74,3 +74,16 @@ def test_output_tail_keeps_the_end():
     long = b"a" * 10_000 + b"THE END"
     text = _tail(long)
     assert text.startswith("...") and text.endswith("THE END") and len(text) <= 4096 + 3
+
+
+def test_exec_stream_that_stays_open_after_its_process_exited_ends():
+    """Docker sometimes keeps an exec's stream open after the process is gone: two quiet
+    seconds after `finished()` says so, the frames end instead of waiting forever."""
+    a, b = socket.socketpair()
+    a.sendall(_frame(1, b"PONG\n"))  # then nothing, and the socket is never closed
+    done = {"flag": False}
+    threading.Timer(0.5, lambda: done.update(flag=True)).start()
+    got = list(_frames(b, lambda: done["flag"]))
+    assert got == [(1, b"PONG\n")]
+    a.close()
+    b.close()
