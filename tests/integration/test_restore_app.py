@@ -253,3 +253,29 @@ def test_restore_app_from_the_command_line(compose, docker_client, tmp_path):
     assert docker_exec(compose.container("web"), "cat /srv/site/index.html; ls /srv/site") == "first\nindex.html\n"
     listed = run_cli("snapshots", "--repo", repo, "--app-id", compose.name, "--json", env=env).json()
     assert sorted(s["tags"] == ["pre-restore"] for s in listed) == [False, True]
+
+
+def test_a_subset_of_volumes_without_the_database(compose, registry, docker_client, local_repo, tmp_path):
+    web, db = wordpress_app(compose)
+    compose.write(
+        {
+            "web": service(volumes=["uploads:/var/www/html/wp-content/uploads", "themes:/var/www/html/themes"]),
+            "db": service(command=MARIADB_START, environment={"MARIADB_ROOT_PASSWORD": ROOT_PW},
+                          labels={"websoft9.backup.db": "mariadb"}, volumes=["dbdata:/var/lib/mysql"]),
+        },
+        volumes=["uploads", "themes", "dbdata"],
+    )  # fmt: skip
+    compose.up()
+    wait_until(lambda: mariadb(db, "SELECT 1"), "MariaDB")
+    docker_exec(web, "echo u1 > /var/www/html/wp-content/uploads/f; echo t1 > /var/www/html/themes/f")
+    mariadb(db, "CREATE DATABASE wp; CREATE TABLE wp.t (v INT); INSERT INTO wp.t VALUES (1);")
+    ctx = job_context(docker_client, local_repo, tmp_path / "state")
+    registry.inventory(docker_client)
+    snap = backup_app(ctx, registry.require(compose.name)).snapshot
+    docker_exec(web, "echo u2 > /var/www/html/wp-content/uploads/f; echo t2 > /var/www/html/themes/f")
+    mariadb(db, "UPDATE wp.t SET v = 2;")
+    options = RestoreOptions(volumes=["uploads"], restore_database=False, safety=False)
+    result = restore_app(ctx, registry.require(compose.name), snap, options)
+    assert [v["source"] for v in result.volumes] == ["volume:uploads"] and result.databases == []
+    assert docker_exec(web, "cat /var/www/html/wp-content/uploads/f /var/www/html/themes/f") == "u1\nt2\n"
+    assert mariadb(db, "SELECT v FROM wp.t").split()[-1] == "2"
