@@ -116,21 +116,36 @@ def _dump_redis(
 ) -> SourceRecord:
     """BGSAVE, wait for a new LASTSAVE, then stream the RDB file."""
     env = redis_env(spec)
-    before = int(_redis_cli(client, container, env, "LASTSAVE").split()[-1])
-    started = _redis_cli(client, container, env, "BGSAVE")
-    if "already in progress" not in started and "started" not in started.lower():
-        raise BackupCreateFailed(f"redis BGSAVE in {container.name}: {started[-300:]}")
     deadline = time.monotonic() + REDIS_SAVE_TIMEOUT
+
+    def persistence() -> str:
+        if time.monotonic() > deadline:
+            raise BackupCreateFailed(f"redis BGSAVE in {container.name} did not finish in {REDIS_SAVE_TIMEOUT:.0f} s")
+        return _redis_cli(client, container, env, "INFO", "persistence")
+
+    while "rdb_bgsave_in_progress:1" in persistence():  # someone else's save: it may predate our data
+        time.sleep(0.2)
+    before = int(_redis_cli(client, container, env, "LASTSAVE").split()[-1])
+    # LASTSAVE has whole seconds: start our save in a later second than the last one, so that
+    # its LASTSAVE is sure to be greater (a save within the same second would look like none)
+    while int(time.time()) <= before:
+        time.sleep(0.05)
     while True:
-        info = _redis_cli(client, container, env, "INFO", "persistence")
+        started = _redis_cli(client, container, env, "BGSAVE")
+        if "started" in started.lower() or "scheduled" in started.lower():
+            break
+        if "already in progress" not in started:
+            raise BackupCreateFailed(f"redis BGSAVE in {container.name}: {started[-300:]}")
+        while "rdb_bgsave_in_progress:1" in persistence():
+            time.sleep(0.2)
+    while True:
+        info = persistence()
         lastsave = int(_redis_cli(client, container, env, "LASTSAVE").split()[-1])
         if "rdb_bgsave_in_progress:0" in info and lastsave > before:
             if "rdb_last_bgsave_status:ok" not in info:
                 raise BackupCreateFailed(f"redis BGSAVE in {container.name} failed (rdb_last_bgsave_status)")
             break
-        if time.monotonic() > deadline:
-            raise BackupCreateFailed(f"redis BGSAVE in {container.name} did not finish in {REDIS_SAVE_TIMEOUT:.0f} s")
-        time.sleep(0.2 if lastsave == before else 0.05)
+        time.sleep(0.05)
     directory = _redis_cli(client, container, env, "CONFIG", "GET", "dir").splitlines()[-1].strip()
     filename = _redis_cli(client, container, env, "CONFIG", "GET", "dbfilename").splitlines()[-1].strip()
     path = posixpath.join(directory, filename)
