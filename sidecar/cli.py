@@ -168,20 +168,30 @@ def _report_backup(args: argparse.Namespace, repo: Repository, snap, extra: dict
     return EXIT_WARNINGS if snap.warnings or damaged else EXIT_OK
 
 
-def cmd_backup_app(args: argparse.Namespace, settings: Settings) -> int:
+def _docker_app(args: argparse.Namespace, settings: Settings, check: Callable | None = None):
+    """The app `args.app` as the engine has it now, the repository and a job context.
+    `check(app)` runs before the repository is opened (no passphrase work for a refused app)."""
     from sidecar.docker.apps import Registry
     from sidecar.docker.client import connect
     from sidecar.docker.volumes import VolumeAccess, access_mode
-    from sidecar.jobs.backup import JobContext, backup_app, check_backupable
+    from sidecar.jobs.backup import JobContext
 
     mode = access_mode()
     client = connect()
     registry = Registry(log_changes=False)
     registry.inventory(client)
     app = registry.require(args.app)
-    check_backupable(app)
+    if check is not None:
+        check(app)
     repo = _open(args, settings)
     ctx = JobContext(client, repo, settings.data_dir / "state", VolumeAccess(client, mode), lock_wait=args.lock_wait)
+    return app, repo, ctx
+
+
+def cmd_backup_app(args: argparse.Namespace, settings: Settings) -> int:
+    from sidecar.jobs.backup import backup_app, check_backupable
+
+    app, repo, ctx = _docker_app(args, settings, check_backupable)
     progress = _progress("backup", args)
     try:
         result = backup_app(
@@ -201,20 +211,10 @@ def cmd_backup_app(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_restore_app(args: argparse.Namespace, settings: Settings) -> int:
-    from sidecar.docker.apps import Registry
-    from sidecar.docker.client import connect
-    from sidecar.docker.volumes import VolumeAccess, access_mode
-    from sidecar.jobs.backup import JobContext
     from sidecar.jobs.restore import RestoreOptions, restore_app
 
-    mode = access_mode()
-    client = connect()
-    registry = Registry(log_changes=False)
-    registry.inventory(client)
-    app = registry.require(args.app)
-    repo = _open(args, settings)
+    app, repo, ctx = _docker_app(args, settings)
     snap = repo.find_snapshot(args.snapshot, args.app)
-    ctx = JobContext(client, repo, settings.data_dir / "state", VolumeAccess(client, mode), lock_wait=args.lock_wait)
     options = RestoreOptions(
         safety=not args.no_safety,
         restore_database=not args.no_database,

@@ -7,6 +7,7 @@ in the exec's environment, never in its arguments.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import io
 import logging
@@ -54,6 +55,54 @@ def _tail(data: bytes) -> str:
     return ("..." + text) if len(data) > OUTPUT_KEEP else text
 
 
+def _start_exec(
+    api: docker.APIClient,
+    container: str,
+    argv: list[str],
+    env: Mapping[str, str],
+    user: str | None,
+    stdin: bool = False,
+) -> tuple[str, object, socket.socket]:
+    """Create and start an exec; returns (exec id, docker-py's socket wrapper, the raw socket)."""
+    exec_id = api.exec_create(
+        container,
+        list(argv),
+        stdin=stdin,
+        stdout=True,
+        stderr=True,
+        user=user or "",
+        environment=[f"{k}={v}" for k, v in env.items()],
+    )["Id"]
+    sock = api.exec_start(exec_id, socket=True)
+    return exec_id, sock, getattr(sock, "_sock", sock)
+
+
+class _OutputTail:
+    """Collects an exec's output (both streams) in a thread, keeping about its last 4 x OUTPUT_KEEP bytes."""
+
+    def __init__(self, raw: socket.socket, finished: Callable[[], bool] | None) -> None:
+        self._chunks: collections.deque[bytes] = collections.deque()
+        self._kept = 0
+        self.done = threading.Event()
+        self._thread = threading.Thread(target=self._pump, args=(raw, finished), name="exec-output", daemon=True)
+        self._thread.start()
+
+    def _pump(self, raw: socket.socket, finished: Callable[[], bool] | None) -> None:
+        try:
+            for _stream, data in _frames(raw, finished):
+                self._chunks.append(data)
+                self._kept += len(data)
+                while self._kept > 4 * OUTPUT_KEEP and len(self._chunks) > 1:
+                    self._kept -= len(self._chunks.popleft())
+        except OSError:
+            pass
+        finally:
+            self.done.set()
+
+    def data(self) -> bytes:
+        return b"".join(self._chunks)
+
+
 def run_shell(
     client: docker.DockerClient,
     container: str,
@@ -67,38 +116,12 @@ def run_shell(
     api = client.api
     marker = f"w9pid-{secrets.token_hex(8)}:"
     environment = {**(env or {}), "W9_EXEC_COMMAND": command, "W9_EXEC_MARKER": marker}
-    exec_id = api.exec_create(
-        container,
-        ["sh", "-c", _WRAPPER],
-        stdout=True,
-        stderr=True,
-        user=user or "",
-        environment=[f"{k}={v}" for k, v in environment.items()],
-    )["Id"]
     t0 = time.monotonic()
-    sock = api.exec_start(exec_id, socket=True)
-    raw = getattr(sock, "_sock", sock)
-    chunks: list[bytes] = []
-    kept = 0
-    done = threading.Event()
-
-    def pump() -> None:
-        nonlocal kept
-        try:
-            for _stream, data in _frames(raw, lambda: _gone(api, exec_id)):
-                chunks.append(data)
-                kept += len(data)
-                while kept > 4 * OUTPUT_KEEP and len(chunks) > 1:
-                    kept -= len(chunks.pop(0))
-        except OSError:
-            pass
-        finally:
-            done.set()
-
-    reader = threading.Thread(target=pump, name="exec-output", daemon=True)
-    reader.start()
+    exec_id, sock, raw = _start_exec(api, container, ["sh", "-c", _WRAPPER], environment, user)
+    collected = _OutputTail(raw, lambda: _gone(api, exec_id))
+    done = collected.done
     timed_out = not done.wait(timeout)
-    output = b"".join(chunks)
+    output = collected.data()
     pid_match = re.search(re.escape(marker.encode()) + rb"(\d+)\n?", output)
     if timed_out:
         if pid_match:
@@ -107,7 +130,7 @@ def run_shell(
             with contextlib.suppress(OSError):
                 raw.shutdown(socket.SHUT_RDWR)
             done.wait(5)
-        output = b"".join(chunks)
+        output = collected.data()
     with contextlib.suppress(OSError):
         sock.close()
     output = re.sub(re.escape(marker.encode()) + rb"\d+\n?", b"", output)
@@ -210,16 +233,7 @@ class ExecStream(io.RawIOBase):
         user: str | None = None,
     ) -> None:
         self._api = client.api
-        self.exec_id = self._api.exec_create(
-            container,
-            list(argv),
-            stdout=True,
-            stderr=True,
-            user=user or "",
-            environment=[f"{k}={v}" for k, v in env.items()],
-        )["Id"]
-        self._sock = self._api.exec_start(self.exec_id, socket=True)
-        self._raw = getattr(self._sock, "_sock", self._sock)
+        self.exec_id, self._sock, self._raw = _start_exec(self._api, container, argv, env, user)
         self._blocks = prefetched(self._stdout())
         self._left = memoryview(b"")
         self.stderr = bytearray()
@@ -289,33 +303,10 @@ def run_with_stdin(
     """Run `argv` in `container` with `source` streamed into its standard input
     (half-closed at the end); output (stdout and stderr) is kept, trimmed."""
     api = client.api
-    exec_id = api.exec_create(
-        container,
-        list(argv),
-        stdin=True,
-        stdout=True,
-        stderr=True,
-        user=user or "",
-        environment=[f"{k}={v}" for k, v in (env or {}).items()],
-    )["Id"]
     t0 = time.monotonic()
-    sock = api.exec_start(exec_id, socket=True)
-    raw = getattr(sock, "_sock", sock)
-    chunks: list[bytes] = []
-    kept = 0
-
-    def pump() -> None:
-        nonlocal kept
-        # no stall check here: it would make the socket non-blocking under the writer
-        with contextlib.suppress(OSError):
-            for _stream, data in _frames(raw):
-                chunks.append(data)
-                kept += len(data)
-                while kept > 4 * OUTPUT_KEEP and len(chunks) > 1:
-                    kept -= len(chunks.pop(0))
-
-    reader = threading.Thread(target=pump, name="exec-output", daemon=True)
-    reader.start()
+    exec_id, sock, raw = _start_exec(api, container, argv, env or {}, user, stdin=True)
+    # no stall check on this socket: its timeout would make it non-blocking under the writer
+    collected = _OutputTail(raw, None)
     try:
         while data := source.read(block):
             raw.sendall(data)
@@ -324,7 +315,7 @@ def run_with_stdin(
     finally:
         with contextlib.suppress(OSError):
             raw.shutdown(socket.SHUT_WR)
-    reader.join()
+    collected.done.wait()
     with contextlib.suppress(OSError):
         sock.close()
-    return ExecResult(_exit_code(api, exec_id), _tail(b"".join(chunks)), False, time.monotonic() - t0)
+    return ExecResult(_exit_code(api, exec_id), _tail(collected.data()), False, time.monotonic() - t0)

@@ -241,7 +241,7 @@ def _tar_of_one(info: tarfile.TarInfo, content: BinaryIO) -> Iterator[bytes]:
 
 
 def _owner_of(client: docker.DockerClient, container: ContainerInfo, path: str) -> tuple[int, int]:
-    result = run_shell(client, container.id, 'stat -c "%u %g" "$0"'.replace("$0", path), timeout=30)
+    result = run_shell(client, container.id, 'stat -c "%u %g" "$W9_PATH"', env={"W9_PATH": path}, timeout=30)
     try:
         uid, gid = (int(x) for x in result.output.split()[-2:])
         return uid, gid

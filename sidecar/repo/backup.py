@@ -183,7 +183,6 @@ class BackupSession:
         self._new_source_name(name)
         stats = self._new_stats()
         scan = _TreeScan(self, name, None, stats, excludes)
-        scan.parent = None
         if hasattr(stream, "read"):
             file = stream
             stream = iter(lambda: file.read(1 << 20), b"")  # type: ignore[union-attr]
@@ -284,10 +283,10 @@ class _TreeScan:
         self.stats = stats
         self.key = len(session._stats) - 1
         self.writer = session.writer
-        self.in_memory = root is None  # a tar stream: the contents come with it
-        self.walker = Walker(root or b".", excludes, on_error=lambda p, m: session._warn(name, p, m))
+        self.in_memory = root is None  # a tar stream: the contents come with it, all of them read
+        self.walker = None if root is None else Walker(root, excludes, on_error=lambda p, m: session._warn(name, p, m))
         self.index = session.repo.index()
-        self.parent = session._parent_entries(name)
+        self.parent = None if root is None else session._parent_entries(name)
         self.listing = tree.TreeWriter(session.repo.chunker, lambda data: self.writer.store(TREE, data, self.key))
         self.xattrs = XattrReader()
         self.links: dict[tuple[int, int], bytes] = {}
@@ -322,6 +321,7 @@ class _TreeScan:
 
     def run(self) -> list[bytes]:
         pending = self.pending
+        assert self.walker is not None
         for rel, path, st in self.walker:
             entry = entry_from_stat(rel, st)
             kind = entry["type"]
