@@ -6,9 +6,10 @@ On disk: sealed JSON objects `index/<id>`, each
 
 In memory, most entries live in two flat, sorted buffers: 56-byte records
 (id, pack number, offset, length, inner, raw length, type) and the first 8
-bytes of each id as a machine integer for binary search. That is 64 bytes a
-blob instead of ~170 for a dict entry, so a sidecar can hold millions of
-blobs. New entries go to a small dict first and are merged in when it grows.
+bytes of each id as a machine integer for binary search, which starts in the
+bucket of the id's first 16 bits (a 256 KiB table). That is 64 bytes a blob
+instead of ~170 for a dict entry, so a sidecar can hold millions of blobs.
+New entries go to a small dict first and are merged in when it grows.
 """
 
 from __future__ import annotations
@@ -17,8 +18,10 @@ import struct
 import sys
 from array import array
 from bisect import bisect_left
+from collections import Counter
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+from itertools import accumulate
 
 from sidecar.errors import IntegrityError
 from sidecar.repo.pack import TYPE_CODES, TYPE_NAMES, PackEntry, PackInfo
@@ -53,7 +56,8 @@ class Index:
     def __init__(self) -> None:
         self._packs: list[str] = []
         self._pack_numbers: dict[str, int] = {}
-        self._sorted: tuple[array, bytes] = (array("Q"), b"")
+        # (prefixes, records, where each value of a prefix's first 16 bits starts)
+        self._sorted: tuple[array, bytes, array] = _sorted(b"")
         self._recent: dict[bytes, tuple[int, int, int, int, int, int]] = {}
         self.loaded_ids: set[str] = set()
 
@@ -63,12 +67,34 @@ class Index:
     def __contains__(self, blob_id: bytes) -> bool:
         return blob_id in self._recent or self._find(blob_id) >= 0
 
+    def has_all(self, blob_ids: Iterable[bytes]) -> bool:
+        """Whether every one of `blob_ids` is indexed: `all(i in index ...)` with the
+        search inlined (an unchanged file of an incremental backup asks this)."""
+        recent = self._recent
+        prefixes, records, starts = self._sorted
+        for blob_id in blob_ids:
+            if blob_id in recent:
+                continue
+            key = int.from_bytes(blob_id[:8], "big")
+            top = key >> 48
+            n = starts[top + 1]
+            i = bisect_left(prefixes, key, starts[top], n)
+            while i < n and prefixes[i] == key:
+                at = i * _SIZE
+                if records[at : at + 32] == blob_id:
+                    break
+                i += 1
+            else:
+                return False
+        return True
+
     def _find(self, blob_id: bytes) -> int:
         """Offset of the record in the sorted buffer, or -1."""
-        prefixes, records = self._sorted
+        prefixes, records, starts = self._sorted
         key = _prefix(blob_id)
-        i = bisect_left(prefixes, key)
-        n = len(prefixes)
+        top = key >> 48
+        n = starts[top + 1]
+        i = bisect_left(prefixes, key, starts[top], n)
         while i < n and prefixes[i] == key:
             at = i * _SIZE
             if records[at : at + 32] == blob_id:
@@ -98,11 +124,11 @@ class Index:
 
     def merge(self) -> None:
         """Move the recent entries into the sorted buffers: C-level sorting and
-        searching, and one slice of the old buffers per new entry."""
+        searching, one slice of the old records per new entry, the rest derived."""
         recent = self._recent
         if not recent:
             return
-        prefixes, records = self._sorted
+        prefixes, records, _ = self._sorted
         keys = sorted(recent)
         new_prefixes = [int.from_bytes(k[:8], "big") for k in keys]
         at = [bisect_left(prefixes, p) for p in new_prefixes] if prefixes else [0] * len(keys)
@@ -114,18 +140,13 @@ class Index:
             new_prefixes = [p for i, p in enumerate(new_prefixes) if i not in known]
             at = [a for i, a in enumerate(at) if i not in known]
         at.append(count)
-        old_records, old_prefixes = memoryview(records), memoryview(prefixes).cast("B")
+        old_records = memoryview(records)
         pack = _RECORD.pack
         record_parts = [old_records[: at[0] * _SIZE]]
-        prefix_parts = [old_prefixes[: at[0] * 8]]
-        order = sys.byteorder
         for i, k in enumerate(keys):
             lo, hi = at[i], at[i + 1]
             record_parts += (pack(k, *recent[k]), old_records[lo * _SIZE : hi * _SIZE])
-            prefix_parts += (new_prefixes[i].to_bytes(8, order), old_prefixes[lo * 8 : hi * 8])
-        merged = array("Q")
-        merged.frombytes(b"".join(prefix_parts))
-        self._sorted = (merged, b"".join(record_parts))  # publish first ...
+        self._sorted = _sorted(b"".join(record_parts))  # publish first ...
         self._recent = {}  # ... then forget (see the class docstring)
 
     def get(self, blob_id: bytes) -> BlobLocation | None:
@@ -161,21 +182,75 @@ class Index:
                 self.add(e.blob_id, pack[0], e)
 
     def load_sorted(self, packs: Iterable[tuple[str, list[PackEntry]]]) -> None:
-        """Fill an empty index with many entries at once (loading index files):
-        records are packed, sorted and joined in C, about 1.5 µs a blob."""
-        if len(self):
-            raise ValueError("load_sorted needs an empty index")
+        """Fill an empty index with many entries at once."""
         pack = _RECORD.pack
         records: list[bytes] = []
         for pack_id, entries in packs:
             n = self._pack_number(pack_id)
             records += [pack(e.blob_id, n, e.offset, e.length, e.inner, e.raw_length, e.type) for e in entries]
+        self.load_records(records)
+
+    def document_records(self, doc: dict) -> list[bytes]:
+        """The entries of an index document as packed records for `load_records`,
+        validated (`IntegrityError` naming the problem, and nothing registered) —
+        without a Python object per blob: about 0.6 µs a blob."""
+        packs_before = len(self._packs)
+        pack = _RECORD.pack
+        codes = TYPE_CODES
+        records: list[bytes] = []
+        try:
+            for p in doc["packs"]:
+                pack_id = p["id"]
+                if not isinstance(pack_id, str) or len(pack_id) != 64 or pack_id.strip(_HEX):
+                    raise ValueError(f"bad pack id {pack_id!r}")
+                n = self._pack_number(pack_id)
+                for blob_hex, type_name, offset, length, inner, raw in p["blobs"]:
+                    blob_id = bytes.fromhex(blob_hex)
+                    if len(blob_id) != 32:
+                        raise ValueError(f"bad blob id {blob_hex!r}")
+                    # "I" refuses negatives, values over 32 bits and non-integers
+                    records.append(pack(blob_id, n, offset, length, inner, raw, codes[type_name]))
+        except (KeyError, TypeError, ValueError, struct.error) as exc:
+            for pack_id in self._packs[packs_before:]:
+                del self._pack_numbers[pack_id]
+            del self._packs[packs_before:]
+            raise IntegrityError(f"damaged index document: {exc!r}") from None
+        return records
+
+    def load_records(self, records: list[bytes]) -> None:
+        """Fill an empty index from packed records (`document_records`): sorted and
+        joined in C."""
+        if len(self):
+            raise ValueError("the index must be empty to load records")
         records.sort()  # by id, then pack number: the first loaded copy of a duplicate comes first
-        duplicates = [i for i in range(len(records) - 1, 0, -1) if records[i][:32] == records[i - 1][:32]]
-        for i in duplicates:  # from the end, so the positions stay valid
-            del records[i]
-        prefixes = array("Q", (int.from_bytes(r[:8], "big") for r in records))
-        self._sorted = (prefixes, b"".join(records))
+        joined = b"".join(records)
+        prefixes = _column(joined, "Q")
+        if len(set(prefixes)) < len(prefixes):  # ids that agree on 8 bytes: maybe a blob listed twice
+            duplicates = [i for i in range(len(records) - 1, 0, -1) if records[i][:32] == records[i - 1][:32]]
+            for i in duplicates:  # from the end, so the positions stay valid
+                del records[i]
+            joined = b"".join(records)
+        self._sorted = _sorted(joined)
+
+
+def _column(records: bytes, code: str) -> array:
+    """The first 8 ("Q") or 2 ("H") bytes of each 56-byte record as the big-endian
+    numbers the binary search compares, taken with a strided view, not a loop."""
+    width = array(code).itemsize
+    column = array(code, memoryview(records).cast(code)[:: _SIZE // width].tobytes())
+    if sys.byteorder == "little":
+        column.byteswap()
+    return column
+
+
+def _sorted(records: bytes) -> tuple[array, bytes, array]:
+    """The sorted buffers for `records` (sorted by id): the 8-byte prefixes, the records,
+    and for each value of an id's first 16 bits the position of the first record with it
+    or a higher one, so a search looks at the few records of one bucket."""
+    counts = Counter(_column(records, "H"))
+    starts = array("I", [0])
+    starts.extend(accumulate(counts.get(top, 0) for top in range(1 << 16)))
+    return _column(records, "Q"), records, starts
 
 
 def _u32(value: object) -> int:

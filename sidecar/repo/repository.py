@@ -31,7 +31,7 @@ from sidecar.repo.backends.base import Backend, ObjectNotFound
 from sidecar.repo.chunker import Chunker, ChunkerParams
 from sidecar.repo.codec import DEFAULT_LEVEL, Codec
 from sidecar.repo.crypto import MasterKey
-from sidecar.repo.index import BlobLocation, Index, iter_index_packs
+from sidecar.repo.index import BlobLocation, Index
 from sidecar.repo.locks import REFRESH_EVERY, RepositoryLock, acquire_lock
 from sidecar.repo.pack import TARGET_PACK_SIZE, PackEntry, extract_blob, pack_object_name, read_header
 from sidecar.repo.snapshot import SnapshotRecord, format_time
@@ -231,7 +231,7 @@ class Repository:
                 self._problem(f"index {index_id} skipped: {exc}")
                 return None
 
-        def all_packs() -> Iterator[tuple[str, list[PackEntry]]]:
+        def all_records() -> Iterator[bytes]:
             wanted = [i for i in ids if i not in skip]
             with ThreadPoolExecutor(4) as pool:
                 for start in range(0, len(wanted), 4):
@@ -241,14 +241,14 @@ class Repository:
                             continue
                         superseded.update(doc.get("supersedes", []))
                         try:
-                            packs = list(iter_index_packs(doc))
+                            records = index.document_records(doc)
                         except BackupError as exc:
                             self._problem(f"index {index_id} skipped: {exc}")
                             continue
                         index.loaded_ids.add(index_id)
-                        yield from packs
+                        yield from records
 
-        index.load_sorted(all_packs())
+        index.load_records(list(all_records()))
         return index, superseded
 
     def _problem(self, message: str) -> None:

@@ -210,6 +210,16 @@ def test_damaged_document_is_integrity_error(change):
         list(iter_index_packs(doc))
     with pytest.raises(IntegrityError):
         Index().load_document(doc)
+    _records_refused(doc)
+
+
+def _records_refused(doc: dict) -> None:
+    index = Index()
+    with pytest.raises(IntegrityError, match="damaged index document"):
+        index.document_records(doc)
+    assert index.pack_ids() == set()  # the refused document registered no pack
+    index.load_records(index.document_records(damaged(lambda d: None)))
+    assert len(index) == sum(len(entries) for _, entries in sample_packs())
 
 
 @pytest.mark.parametrize(
@@ -226,6 +236,7 @@ def test_damaged_document_is_integrity_error(change):
 def test_out_of_range_document_values_are_integrity_error(change):
     with pytest.raises(IntegrityError):
         Index().load_document(damaged(change))
+    _records_refused(damaged(change))
 
 
 # ---- the compact sorted buffers ------------------------------------------------------------------
@@ -289,3 +300,65 @@ def test_load_sorted_keeps_the_first_copy_and_finds_everything():
             assert index.get(e.blob_id) == BlobLocation(pack, p % 2, i, 10, 0, 10)
     with pytest.raises(ValueError):
         index.load_sorted(iter(first))
+
+
+def test_document_records_load_like_documents():
+    import random
+
+    rng = random.Random(3)
+    docs = [
+        index_document(
+            [(f"{d:02x}{p:062x}", [PackEntry(rng.randbytes(32), p % 2, i, 10 + i, i, 20 + i) for i in range(50)])
+             for p in range(5)]
+        )
+        for d in range(3)
+    ]  # fmt: skip
+    docs.append(
+        index_document([("f" * 64, [PackEntry(bytes.fromhex(docs[0]["packs"][0]["blobs"][0][0]), 0, 1, 1, 1, 1)])])
+    )
+    slow, fast = Index(), Index()
+    for doc in docs:
+        slow.load_document(doc)
+    slow.merge()
+    fast.load_records([r for doc in docs for r in fast.document_records(doc)])
+    assert len(fast) == len(slow) == 750
+    for blob_id in slow.blob_ids():
+        assert fast.get(blob_id) == slow.get(blob_id)  # the first copy of the duplicate serves in both
+    assert fast.pack_ids() == {p["id"] for doc in docs for p in doc["packs"]}  # incl. the one of only a duplicate
+
+
+def test_ids_at_the_edges_of_the_16_bit_buckets_are_found():
+    import random
+
+    rng = random.Random(11)
+    edges = [bytes([a, b]) + rng.randbytes(30) for a, b in ((0, 0), (0, 0), (0, 1), (0x7F, 0xFF), (0xFF, 0xFF))]
+    edges.append(b"\xff" * 32)
+    edges.append(bytes(32))
+    others = [rng.randbytes(32) for _ in range(500)]
+    loaded, merged = Index(), Index()
+    loaded.load_sorted([("a" * 64, [PackEntry(i, 0, n, 1, 0, 1) for n, i in enumerate(edges + others)])])
+    for n, i in enumerate(edges + others):
+        merged.add(i, "b" * 64, PackEntry(i, 0, n, 1, 0, 1))
+    merged.merge()
+    for index in (loaded, merged):
+        assert all(i in index for i in edges + others)
+        for i in edges:
+            for neighbour in (i[:31] + bytes([i[31] ^ 1]), i[:2] + bytes(30), i[:2] + b"\xff" * 30):
+                assert (neighbour in index) == (neighbour in edges)
+
+
+def test_has_all_answers_like_contains():
+    import random
+
+    rng = random.Random(12)
+    ids = [rng.randbytes(32) for _ in range(2000)]
+    index = Index()
+    for n, i in enumerate(ids[:1500]):
+        index.add(i, "c" * 64, PackEntry(i, 0, n, 1, 0, 1))
+        if n == 1000:
+            index.merge()  # some sorted, some recent
+    shared = ids[0][:8] + rng.randbytes(24)  # shares the 8 bytes the search compares
+    assert index.has_all(ids[:1500]) and index.has_all([]) and index.has_all(ids[1400:1450])
+    for absent in (ids[1700], shared, bytes(32)):
+        assert not index.has_all([ids[3], absent, ids[1200]])
+        assert (absent in index) is False
