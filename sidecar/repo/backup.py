@@ -18,13 +18,14 @@ import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from stat import S_ISREG
 from typing import BinaryIO, Protocol
 
 from sidecar import __version__
 from sidecar.errors import BackupCreateFailed, InvalidRequest
 from sidecar.repo import tree
 from sidecar.repo.blobwriter import BlobWriter, FileBatch
-from sidecar.repo.fsmeta import XattrReader, entry_from_stat
+from sidecar.repo.fsmeta import XattrReader, entry_from_stat, file_line_head
 from sidecar.repo.locks import SHARED
 from sidecar.repo.memory import bulk_data
 from sidecar.repo.pack import DATA, TREE
@@ -58,22 +59,46 @@ class BackupOptions:
 
 
 class _ParentCursor:
-    """Looks up walked paths in the parent's listing, which is in the same order."""
+    """Finds walked paths among the parent listing's raw lines, which are in the
+    same order; a line is parsed only when its path cannot be read off it."""
 
-    def __init__(self, entries: Iterator[dict]) -> None:
-        self._entries = entries
-        self._key: tuple[bytes, ...] | None = None
-        self._entry: dict | None = None
+    def __init__(self, lines: Iterator[bytes]) -> None:
+        self._lines = lines
+        self.line: bytes | None = None
+        self._plain = False  # the line's path was read off it: JSON holds it as is
+        self.found_plain = False  # so was the path of the line `find` returned last
+        self._path = b""
+        self._key = b""
         self._advance()
 
     def _advance(self) -> None:
-        self._entry = next(self._entries, None)
-        self._key = None if self._entry is None else tree.path_key(tree.entry_path(self._entry))
+        line = self.line = next(self._lines, None)
+        if line is not None:
+            path = tree.line_path(line)
+            self._plain = path is not None
+            self._path = path = tree.entry_path(tree.parse_line(line)) if path is None else path
+            self._key = order_key(path)
 
-    def find(self, key: tuple[bytes, ...]) -> dict | None:
-        while self._key is not None and self._key < key:
+    def find(self, rel: bytes) -> bytes | None:
+        """The parent's line of `rel` (the cursor moves past it), or None."""
+        key = None
+        while self.line is not None:
+            if self._path == rel:
+                line, self.found_plain = self.line, self._plain
+                self._advance()
+                return line
+            if key is None:
+                key = order_key(rel)
+            if self._key > key:
+                return None
             self._advance()
-        return self._entry if self._key == key else None
+        return None
+
+
+def order_key(path: bytes) -> bytes:
+    """A bytes key in tree order (`tree.path_key`'s order, compared in C): a name holds
+    no NUL, so with "/" as NUL a parent sorts before its children and "a/b" before "a-c"."""
+    return b"" if path == b"." else path.replace(b"/", b"\0")
 
 
 class BackupSession:
@@ -142,7 +167,7 @@ class BackupSession:
         if source is None:
             return None
         ids = [bytes.fromhex(h) for h in source.tree]
-        return _ParentCursor(tree.read_tree(ids, self.repo.load_blob))
+        return _ParentCursor(tree.read_lines(ids, self.repo.load_blob))
 
     def _warn(self, source: str, path: bytes, message: str) -> None:
         text = path.decode("utf-8", "backslashreplace")
@@ -292,7 +317,7 @@ class _TreeScan:
         self.links: dict[tuple[int, int], bytes] = {}
         self.skipped: set[bytes] = set()
         # (entry, batch it waits for, its place in the batch)
-        self.pending: collections.deque[tuple[dict, FileBatch | None, int]] = collections.deque()
+        self.pending: collections.deque[tuple[dict | bytes, FileBatch | None, int]] = collections.deque()
         self.batch = FileBatch(self.key, self.in_memory)
 
     def _flush_batch(self) -> None:
@@ -300,58 +325,63 @@ class _TreeScan:
             self.writer.submit_files(self.batch)
             self.batch = FileBatch(self.key, self.in_memory)
 
-    def _reusable(self, entry: dict, rel_key: tuple[bytes, ...]) -> dict | None:
+    def _reusable(self, rel: bytes, st: os.stat_result) -> bytes | None:
+        """The parent's line for this file when the file is unchanged (every field
+        from the stat equal, so the same ctime: the same xattrs too, as setting one
+        changes the ctime) and all its data is still in the repository; it is
+        reused verbatim, so unchanged listings stay byte-identical."""
         if self.parent is None:
             return None
-        old = self.parent.find(rel_key)
-        if (
-            old is None
-            or old["type"] != tree.FILE
-            or old.get("size") != entry["size"]
-            or old.get("mtime_ns") != entry["mtime_ns"]
-            or old.get("inode") != entry["inode"]
-            or old.get("ctime_ns") != entry["ctime_ns"]
-        ):
+        parent = self.parent
+        line = parent.find(rel)
+        if line is None:
             return None
-        blobs = old.get("blobs", [])
-        index = self.index
-        if all(bytes.fromhex(h) in index for h in blobs):
-            return old
-        return None  # some of its data is gone from the repository: read it again
+        # up to the last stat field; xattrs and blobs follow in the line
+        head = file_line_head(rel, st) if parent.found_plain else tree.encode_entry(entry_from_stat(rel, st))[:-2]
+        if not line.startswith(head) or line[len(head) : len(head) + 1] != b",":
+            return None
+        blobs = tree.line_blob_ids(line)
+        if blobs is None:
+            blobs = [bytes.fromhex(h) for h in tree.parse_line(line).get("blobs", [])]
+        # some of its data gone from the repository: read it again
+        return line if self.index.has_all(blobs) else None
 
     def run(self) -> list[bytes]:
         pending = self.pending
         assert self.walker is not None
         for rel, path, st in self.walker:
+            if S_ISREG(st.st_mode):
+                if st.st_nlink > 1:
+                    first = self.links.get((st.st_dev, st.st_ino))
+                    if first is not None:
+                        pending.append((self._hardlink(entry_from_stat(rel, st), rel, first), None, 0))
+                        self._emit_ready()
+                        continue
+                    self.links[(st.st_dev, st.st_ino)] = rel
+                line = self._reusable(rel, st)
+                if line is not None:
+                    self.stats.reused_files += 1
+                    if pending:  # behind files still being read: keep the order
+                        pending.append((line, None, st.st_size))
+                        self._emit_ready()
+                        if len(pending) > MAX_PENDING:
+                            self._wait_head()
+                    else:
+                        self._add_line(line, st.st_size)
+                    continue
             entry = entry_from_stat(rel, st)
             kind = entry["type"]
             batch, place = None, 0
             if kind == tree.FILE:
-                if st.st_nlink > 1:
-                    first = self.links.get((st.st_dev, st.st_ino))
-                    if first is not None:
-                        pending.append((self._hardlink(entry, rel, first), None, 0))
-                        self._emit_ready()
-                        continue
-                    self.links[(st.st_dev, st.st_ino)] = rel
-                old = self._reusable(entry, tree.path_key(rel))
-                if old is not None:
-                    # unchanged: same ctime, so the same xattrs too (setting one changes the ctime);
-                    # keys in the order a read file gets them, so that listings stay byte-identical
-                    if "xattrs" in old:
-                        entry["xattrs"] = old["xattrs"]
-                    entry["blobs"] = old.get("blobs", [])
-                    self.stats.reused_files += 1
-                else:
-                    xattrs = self.xattrs.read(path, st.st_dev)
-                    if xattrs:
-                        entry["xattrs"] = xattrs
-                    batch = self.batch
-                    place = len(batch.files)
-                    batch.files.append((path, st.st_size))
-                    batch.nbytes += st.st_size
-                    if len(batch.files) >= BATCH_FILES or batch.nbytes >= BATCH_BYTES:
-                        self._flush_batch()
+                xattrs = self.xattrs.read(path, st.st_dev)
+                if xattrs:
+                    entry["xattrs"] = xattrs
+                batch = self.batch
+                place = len(batch.files)
+                batch.files.append((path, st.st_size))
+                batch.nbytes += st.st_size
+                if len(batch.files) >= BATCH_FILES or batch.nbytes >= BATCH_BYTES:
+                    self._flush_batch()
             else:
                 xattrs = self.xattrs.read(path, st.st_dev)
                 if xattrs:
@@ -387,6 +417,14 @@ class _TreeScan:
             batch.done.wait()
         self._emit_ready()
 
+    def _add_line(self, line: bytes, size: int) -> None:
+        stats = self.stats
+        stats.files += 1
+        stats.bytes += size
+        if self.session.progress:
+            self.session.progress.add(1, size)
+        self.listing.add_line(line)
+
     def _emit_ready(self) -> None:
         pending = self.pending
         stats = self.stats
@@ -405,6 +443,9 @@ class _TreeScan:
                     entry["blobs"] = blobs
                     entry["size"] = detail
             pending.popleft()
+            if entry.__class__ is bytes:  # an unchanged file's line from the parent; `place` is its size
+                self._add_line(entry, place)
+                continue
             kind = entry["type"]
             if "_error" in entry or (kind == tree.HARDLINK and tree.get_name(entry, "link") in self.skipped):
                 path = tree.entry_path(entry)

@@ -117,6 +117,14 @@ class TreeWriter:
         if len(self._buffer) >= self._flush_at:
             self._cut(final=False)
 
+    def add_line(self, line: bytes) -> None:
+        """Add an encoded entry without its newline (a line of an earlier listing, reused verbatim)."""
+        self._buffer += line
+        self._buffer += b"\n"
+        self.count += 1
+        if len(self._buffer) >= self._flush_at:
+            self._cut(final=False)
+
     def _cut(self, final: bool) -> None:
         """Store the chunks that have a full window ahead of them (all, when final)."""
         buffer = self._buffer
@@ -142,18 +150,63 @@ class TreeWriter:
 
 def read_tree(blob_ids: list[bytes], load_blob: Callable[[bytes], bytes]) -> Iterator[dict]:
     """Entries of a tree, in order, loading one chunk of text at a time."""
+    for line in read_lines(blob_ids, load_blob):
+        yield parse_line(line)
+
+
+def read_lines(blob_ids: list[bytes], load_blob: Callable[[bytes], bytes]) -> Iterator[bytes]:
+    """The raw lines of a tree (without their newline), in order, unparsed."""
     carry = b""
     for blob_id in blob_ids:
-        data = carry + load_blob(blob_id)
-        lines = data.split(b"\n")
+        lines = (carry + load_blob(blob_id)).split(b"\n")
         carry = lines.pop()
-        for line in lines:
-            yield _parse(line)
+        yield from lines
     if carry:
         raise IntegrityError("tree text does not end with a newline")
 
 
-def _parse(line: bytes) -> dict:
+_PATH_HEAD = b'{"path":"'
+_BLOBS_KEY = b',"blobs":['
+
+
+def line_path(line: bytes) -> bytes | None:
+    """The path of a raw tree line without parsing it, when it is plain (no JSON
+    escapes, not base64); None when the line must be parsed to know it."""
+    if not line.startswith(_PATH_HEAD):
+        return None
+    end = line.find(b'"', 9)
+    path = line[9:end]
+    return None if end < 0 or b"\\" in path else path
+
+
+def line_blob_ids(line: bytes) -> list[bytes] | None:
+    """The blob ids of a raw file line (`blobs` is a file entry's last key); None
+    when the line does not have that shape. No other key can hold the text
+    `,"blobs":[`: a quote inside a JSON string is always escaped."""
+    if line[-78:-67] == b',"blobs":["' and line[-3:] == b'"]}':  # one blob, the most common
+        try:
+            return [bytes.fromhex(line[-67:-3].decode("ascii"))]
+        except (UnicodeDecodeError, ValueError):
+            return None
+    at = line.rfind(_BLOBS_KEY)
+    if at < 0 or not line.endswith(b"]}"):
+        return None
+    listed = line[at + len(_BLOBS_KEY) : -2]
+    if not listed:
+        return []
+    hexes = listed.replace(b'","', b"")
+    if hexes[:1] != b'"' or hexes[-1:] != b'"':
+        return None
+    try:
+        raw = bytes.fromhex(hexes[1:-1].decode("ascii"))
+    except (UnicodeDecodeError, ValueError):
+        return None
+    if len(raw) != 32 * (listed.count(b",") + 1):
+        return None
+    return [raw[i : i + 32] for i in range(0, len(raw), 32)]
+
+
+def parse_line(line: bytes) -> dict:
     try:
         entry = orjson.loads(line)
     except orjson.JSONDecodeError as exc:

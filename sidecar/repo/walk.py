@@ -7,6 +7,9 @@ import re
 import stat
 from collections.abc import Callable, Iterator
 from fnmatch import translate
+from operator import attrgetter
+
+_name = attrgetter("name")
 
 
 def compile_excludes(patterns: tuple[str, ...]) -> Callable[[bytes, bytes], bool] | None:
@@ -51,7 +54,7 @@ class Walker:
     def _children(self, path: bytes, rel: bytes) -> Iterator[tuple[bytes, bytes, os.stat_result]]:
         try:
             with os.scandir(path) as it:
-                entries = sorted(it, key=lambda e: e.name)
+                entries = sorted(it, key=_name)
         except OSError as exc:
             self.on_error(rel, f"cannot list directory: {exc.strerror}")
             return iter(())
