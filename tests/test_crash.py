@@ -94,12 +94,17 @@ class Kill:
     workers: set[int] = field(default_factory=set)  # its child processes at that moment
 
 
+def _children(proc: subprocess.Popen, table: dict | None = None) -> set[int]:
+    table = _proc_table() if table is None else table
+    return {pid for pid, (state, ppid, _) in table.items() if ppid == proc.pid and state not in "ZX"}
+
+
 def kill_group(proc: subprocess.Popen, label: str) -> Kill:
     """SIGKILL the whole process group; reap the leader; no member may survive."""
     pgid = proc.pid
     table = _proc_table()
     running = proc.poll() is None
-    workers = {pid for pid, (state, ppid, _) in table.items() if ppid == proc.pid and state not in "ZX"}
+    workers = _children(proc, table)
     with contextlib.suppress(ProcessLookupError):  # the whole group already exited
         os.killpg(pgid, signal.SIGKILL)
     rc = proc.wait(timeout=30)
@@ -349,7 +354,7 @@ def test_store_workers_exit_when_only_the_backup_process_is_killed(tmp_path: Pat
     deadline = time.monotonic() + 60
     workers: set[int] = set()
     while proc.poll() is None and time.monotonic() < deadline:
-        workers = {pid for pid, (state, ppid, _) in _proc_table().items() if ppid == proc.pid and state not in "ZX"}
+        workers = _children(proc)
         if workers and objects(repo, "data"):  # workers run and have stored a pack: mid-run
             break
         time.sleep(0.005)
@@ -428,8 +433,10 @@ def test_waiting_prune_proceeds_when_the_backup_it_waits_for_is_killed(tmp_path:
     while not objects(repo, "locks") and time.monotonic() < deadline:
         time.sleep(0.01)
     assert proc.stdin is not None and objects(repo, "locks"), "the backup never took its lock"
-    proc.stdin.write(b"INSERT INTO t VALUES (1);\n" * 1000)
+    proc.stdin.write(os.urandom(8 << 20))  # new data: its store workers start
     proc.stdin.flush()
+    while not _children(proc) and time.monotonic() < deadline:
+        time.sleep(0.01)
     prune = start_cli("prune", "--repo", repo, "--lock-wait", "120", log=tmp_path / "p")
     time.sleep(3)
     assert prune.poll() is None, f"prune did not wait for the running backup: {(tmp_path / 'p.err').read_text()}"

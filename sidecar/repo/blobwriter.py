@@ -72,19 +72,30 @@ class BlobWriter:
         self._batch_no = 0
         self.index_ids: list[str] = []
         self.error: BaseException | None = None
-        config = {
-            "key": repo.key.export(),
-            "level": repo.codec.level,
-            "chunker": repo.chunker.params.to_json(),
-            "repository": repo.backend.location,
-            "pack_size": repo.pack_size,
-        }
-        self._workers = [_WorkerHandle() for _ in range(worker_count(workers, spare=1))]
-        for w in self._workers:
-            w.send(("init", config))
-            w.thread = threading.Thread(target=self._listen, args=(w,), name="store-listen", daemon=True)
-            w.thread.start()
+        self._worker_count = worker_count(workers, spare=1)
+        self._workers: list[_WorkerHandle] = []  # started with the first new data: none for an unchanged backup
         self._next = 0
+
+    def _started(self) -> list[_WorkerHandle]:
+        """The store workers, started on first use."""
+        if not self._workers:
+            config = {
+                "key": self._repo.key.export(),
+                "level": self._repo.codec.level,
+                "chunker": self._repo.chunker.params.to_json(),
+                "repository": self._repo.backend.location,
+                "pack_size": self._repo.pack_size,
+            }
+            workers = []
+            for _ in range(self._worker_count):
+                w = _WorkerHandle()
+                workers.append(w)
+                w.send(("init", config))
+                w.thread = threading.Thread(target=self._listen, args=(w,), name="store-listen", daemon=True)
+                w.thread.start()
+            with self._slots:
+                self._workers = workers
+        return self._workers
 
     # ---- dedup -----------------------------------------------------------------------
 
@@ -120,6 +131,7 @@ class BlobWriter:
                 self._slots.wait(0.5)
 
     def submit_files(self, batch: FileBatch) -> None:
+        self._started()
         worker = self._pick_worker()
         with self._lock:
             self._batch_no += 1
@@ -132,7 +144,8 @@ class BlobWriter:
         blob_id = self._repo.key.blob_id(data)
         if self._claim_many([(blob_id, len(data))], source)[0]:
             self._check()
-            worker = self._workers[self._next % len(self._workers)]
+            workers = self._started()
+            worker = workers[self._next % len(workers)]
             self._next += 1
             worker.send(("blobs", source, [(blob_id, blob_type, bytes(data))]))
         return blob_id
