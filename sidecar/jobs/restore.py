@@ -53,6 +53,7 @@ class AppRestoreResult:
     databases: list[dict] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
     duration_s: float = 0.0
+    phases: dict[str, float] = field(default_factory=dict)  # seconds spent in each phase, in order
 
     def to_json(self) -> dict:
         return {
@@ -62,10 +63,33 @@ class AppRestoreResult:
             "databases": self.databases,
             "warnings": self.warnings,
             "duration_s": round(self.duration_s, 3),
+            "phases": {name: round(seconds, 3) for name, seconds in self.phases.items()},
         }
 
 
 Progress = Callable[[str, int, int], None]  # phase, bytes done, bytes total
+
+
+class _PhaseClock:
+    """Passes progress on and times each phase (from its first report to the next phase's)."""
+
+    def __init__(self, progress: Progress) -> None:
+        self._progress = progress
+        self.phases: dict[str, float] = {}
+        self._phase: str | None = None
+        self._since = time.monotonic()
+
+    def __call__(self, phase: str, done: int, total: int) -> None:
+        if phase != self._phase:
+            self.stop()
+            self._phase = phase
+        self._progress(phase, done, total)
+
+    def stop(self) -> None:
+        now = time.monotonic()
+        if self._phase is not None:
+            self.phases[self._phase] = self.phases.get(self._phase, 0.0) + now - self._since
+        self._phase, self._since = None, now
 
 
 def restore_app(
@@ -82,6 +106,7 @@ def restore_app(
     if snapshot.app_id != app.app_id:
         raise RestoreFailed(f"snapshot {snapshot.id[:8]} belongs to app {snapshot.app_id}, not {app.app_id}")
     t0 = time.monotonic()
+    progress = clock = _PhaseClock(progress)
     with AppLock(ctx.state_dir / "locks", app.app_id, "restore", ctx.lock_wait):
         progress("verifying", 0, snapshot.totals.bytes)
         verify_snapshot(ctx.repo, snapshot, options.verify_data)
@@ -125,6 +150,8 @@ def restore_app(
                 f"snapshot {safety.id[:8]} (the state before the restore), and the app is running"
             ) from exc
     result.duration_s = time.monotonic() - t0
+    clock.stop()
+    result.phases = clock.phases
     progress("done", snapshot.totals.bytes, snapshot.totals.bytes)
     log.info("app %s: restored snapshot %s in %.1f s", app.app_id, snapshot.id[:8], result.duration_s)
     return result
@@ -149,6 +176,7 @@ def _apply(
     """Steps 4-7 for `snapshot`; raises on the first failure (containers may then be stopped)."""
     client = ctx.client
     hooks: list = []
+    progress("stopping", 0, snapshot.totals.bytes)
     failed = run_hooks(client, app, "restore.pre", hooks)
     if failed is not None:
         raise RestoreFailed(f"{failed.describe()}")
@@ -197,6 +225,7 @@ def _apply(
             )
         done += source.stats.bytes
         result.volumes.append({"source": source.name, "volume": volume.name, "access": how})
+    progress("starting", done, total)
     errors = _start(ctx, running, options.wait_timeout)
     if errors:
         raise RestoreFailed("; ".join(errors))
