@@ -16,6 +16,7 @@ import signal
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from sidecar import __version__
 from sidecar.config import Settings
@@ -25,6 +26,9 @@ from sidecar.repo.backends.base import open_backend
 from sidecar.repo.crypto import MasterKey
 from sidecar.repo.memory import limit_arenas
 from sidecar.repo.repository import Repository
+
+if TYPE_CHECKING:
+    from sidecar.catalog import RepositoryInfo
 
 Handler = Callable[[argparse.Namespace, Settings], int]
 
@@ -507,6 +511,32 @@ def cmd_unlock(args: argparse.Namespace, settings: Settings) -> int:
     return EXIT_OK
 
 
+def cmd_catalog(args: argparse.Namespace, settings: Settings) -> int:
+    from sidecar.catalog import Catalog, open_catalog
+    from sidecar.catalog.db import safe_url
+    from sidecar.catalog.rebuild import rebuild_catalog
+
+    url = args.catalog or settings.catalog_url
+    repo = _open(args, settings)
+    open_catalog(url)
+    report = rebuild_catalog(Catalog(), repo, repository_info(_repo_url(args, settings), repo))
+    if args.json:
+        _print_json({"catalog": safe_url(url), **report.to_json()})
+    else:
+        print(
+            f"catalog {safe_url(url)}: {report.snapshots} snapshots in the repository; "
+            f"{report.added} backups added, {report.updated} updated, {report.removed} removed"
+        )
+    return EXIT_WARNINGS if report.problems else EXIT_OK
+
+
+def repository_info(url: str, repo: Repository) -> RepositoryInfo:
+    from sidecar.catalog import RepositoryInfo
+
+    name = "s3" if url.startswith("s3://") else "local"
+    return RepositoryInfo(repo.backend.location, name, repo.codec.level > 0)
+
+
 # ---- parser ---------------------------------------------------------------------------------
 
 
@@ -629,6 +659,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("key_id", nargs="?", help="key id (prefix) for remove")
     p.add_argument("--new-password-file", help="file with the new key (add; default BACKUP_NEW_ENCRYPTION_KEY)")
     p.add_argument("--master-key-file", help="open the repository with an exported master key instead")
+    p.add_argument("--json", action="store_true")
+
+    p = command("catalog", cmd_catalog, "re-create the catalog's backup records from the repository")
+    p.add_argument("catalog_command", choices=["rebuild"])
+    p.add_argument("--catalog", metavar="URL", help="sqlite:///PATH or postgresql://... (default: BACKUP_CATALOG_URL)")
     p.add_argument("--json", action="store_true")
 
     p = command("unlock", cmd_unlock, "remove stale locks")

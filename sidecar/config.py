@@ -27,6 +27,7 @@ class Settings:
     data_dir: Path
     repository: str
     compression_level: int = 3
+    catalog_url: str = ""  # BACKUP_CATALOG_URL, default sqlite:///<data dir>/catalog.db
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] = os.environ) -> Settings:
@@ -39,4 +40,5 @@ class Settings:
             raise InvalidRequest(f"BACKUP_COMPRESSION_LEVEL must be a whole number, got {level_text!r}") from None
         if not 0 <= level <= 19:
             raise InvalidRequest(f"BACKUP_COMPRESSION_LEVEL must be 0 (off) to 19, got {level}")
-        return cls(data_dir, repository, level)
+        catalog_url = env.get("BACKUP_CATALOG_URL") or f"sqlite:///{(data_dir / 'catalog.db').absolute()}"
+        return cls(data_dir, repository, level, catalog_url)

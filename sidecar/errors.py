@@ -113,3 +113,13 @@ class AppPolicyInvalid(BackupError):
 class AppBusy(BackupError):
     code = "OPERATION_IN_PROGRESS"
     http_status = 409
+
+
+class CatalogUnavailable(BackupError):
+    code = "CATALOG_UNAVAILABLE"
+    http_status = 503
+
+
+class JobNotFound(BackupError):
+    code = "JOB_NOT_FOUND"
+    http_status = 404
