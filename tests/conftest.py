@@ -16,6 +16,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))  # bench.dataset and bench.treecompare
 
 from bench import dataset, treecompare  # noqa: E402
+from tests.postgres import catalog_url, postgres_server, postgres_url  # noqa: E402, F401
 
 PASSWORD = "correct horse battery staple"
 

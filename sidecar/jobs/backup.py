@@ -246,6 +246,7 @@ def backup_app(
     description: str | None = None,
     progress: Progress | None = None,
     include_database: bool = True,
+    backup_id: str | None = None,
 ) -> AppBackupResult:
     """Back up `app` now; raises a `BackupError` and records nothing when it fails."""
     check_backupable(app)
@@ -259,6 +260,7 @@ def backup_app(
             description=description,
             progress=progress,
             include_database=include_database,
+            backup_id=backup_id,
         )
 
 
@@ -271,6 +273,7 @@ def backup_app_locked(
     description: str | None = None,
     progress: Progress | None = None,
     include_database: bool = True,
+    backup_id: str | None = None,
 ) -> AppBackupResult:
     """`backup_app` for a caller that holds the app's lock (a restore's safety snapshot)."""
     policy = app.policy
@@ -291,6 +294,7 @@ def backup_app_locked(
             backup_type=backup_type or policy.backup_type,
             tags=list(tags or []),
             description=description,
+            backup_id=backup_id,
         )
         session = BackupSession(ctx.repo, options, progress)
         if include_database:

@@ -51,6 +51,7 @@ class BackupOptions:
     backup_type: str = "incremental"
     tags: list[str] = field(default_factory=list)
     description: str | None = None
+    backup_id: str | None = None  # assigned by the caller (the API shows it while the backup runs)
     hostname: str = field(default_factory=socket.gethostname)
     lock_wait: float = 600.0
     # store worker processes; each also runs two encoder threads, so one core is left to
@@ -270,7 +271,7 @@ class BackupSession:
             self.writer.finish()
             self._lock.check()
             record = SnapshotRecord(
-                backup_id=new_backup_id(self.started),
+                backup_id=self.options.backup_id or new_backup_id(self.started),
                 app_id=self.options.app_id,
                 app_name=self.options.app_name or self.options.app_id,
                 time=self.started,

@@ -1,4 +1,5 @@
-"""A real PostgreSQL server for the catalog tests, started here from Debian's
+"""A real PostgreSQL server for the catalog and API tests (fixtures imported by
+tests/conftest.py), started here from Debian's
 binaries (scripts/test-env installs them): a throw-away cluster listening on
 127.0.0.1 only, password authentication, one fresh database per test. Without
 the binaries these tests skip on a developer's machine and fail under CI=true.
