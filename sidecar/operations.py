@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -28,6 +29,7 @@ if TYPE_CHECKING:
     import docker
 
     from sidecar.docker.apps import App, Registry
+    from sidecar.metrics import Metrics
 
 log = logging.getLogger(__name__)
 
@@ -72,10 +74,7 @@ class Operations:
     registry: Registry | None = None
     docker_client: Callable[[], docker.DockerClient] | None = None
     volume_access_mode: str = "auto"
-    on_backup: Callable[[str, Backup | None, BackupError | None, float], None] = field(
-        default=lambda app_id, row, error, seconds: None
-    )  # metrics
-    on_restore: Callable[[str, BackupError | None], None] = field(default=lambda app_id, error: None)
+    metrics: Metrics | None = None
 
     # ---- apps ------------------------------------------------------------------------------
 
@@ -140,7 +139,9 @@ class Operations:
         def run(progress: JobProgress) -> dict:
             from sidecar.jobs.backup import backup_app
 
-            started = datetime.now(UTC)
+            started = time.monotonic()
+            if self.metrics:
+                self.metrics.backup_started(app_id, backup_type)
             progress.set_phase("backing up")
             try:
                 repo = self.open_repo()
@@ -154,14 +155,18 @@ class Operations:
                     include_database=request.include_database,
                     backup_id=backup_id,
                 )
-            except BackupError as exc:
-                self.catalog.fail_backup(backup_id, exc.message)
-                self.catalog.note_result(app_id, app.app_name, None, exc.message)
-                self.on_backup(app_id, None, exc, (datetime.now(UTC) - started).total_seconds())
+            except BaseException as exc:
+                message = exc.message if isinstance(exc, BackupError) else f"interrupted: {type(exc).__name__}"
+                self.catalog.fail_backup(backup_id, message)
+                self.catalog.note_result(app_id, app.app_name, None, message)
+                if self.metrics:
+                    self.metrics.backup_finished(app_id, backup_type, time.monotonic() - started, None)
                 raise
-            recorded = self.catalog.record_snapshot(result.snapshot, self.repo_info, job.job_id)
+            self.catalog.record_snapshot(result.snapshot, self.repo_info, job.job_id)
             self.catalog.note_result(app_id, app.app_name, backup_id, None)
-            self.on_backup(app_id, recorded, None, (datetime.now(UTC) - started).total_seconds())
+            if self.metrics:
+                added = result.snapshot.totals.added_bytes
+                self.metrics.backup_finished(app_id, backup_type, time.monotonic() - started, added)
             return {"backup_id": backup_id, "snapshot_id": result.snapshot.id, "warnings": result.warnings}
 
         try:
@@ -282,13 +287,17 @@ class Operations:
         )
 
         def run(progress: JobProgress) -> dict:
-            repo = self.open_repo()
+            if self.metrics:
+                self.metrics.restore_started(app_id)
             try:
+                repo = self.open_repo()
                 result = restore_app(self._job_context(repo), app, self._snapshot(repo, row), options, progress)
-            except BackupError as exc:
-                self.on_restore(app_id, exc)
+            except BaseException:
+                if self.metrics:
+                    self.metrics.restore_finished(app_id, ok=False)
                 raise
-            self.on_restore(app_id, None)
+            if self.metrics:
+                self.metrics.restore_finished(app_id, ok=True)
             if result.safety_snapshot_id:
                 safety = repo.load_snapshot(result.safety_snapshot_id)
                 self.catalog.record_snapshot(safety, self.repo_info, job.job_id)

@@ -26,7 +26,6 @@ def create_app(
     *,
     insecure_no_auth: bool = False,
     wait_timeout: float = 6 * 3600,
-    metrics_app: object | None = None,
 ) -> Flask:
     if not api_key and not insecure_no_auth:
         raise InvalidRequest(
@@ -56,6 +55,12 @@ def create_app(
     def healthz():  # type: ignore[no-untyped-def]
         return ok({"status": "ok"})
 
+    if operations.metrics is not None:  # /metrics: Prometheus' text format, no key
+        from werkzeug.middleware.dispatcher import DispatcherMiddleware
+
+        app.wsgi_app = DispatcherMiddleware(  # type: ignore[method-assign]
+            app.wsgi_app, {"/metrics": operations.metrics.wsgi_app()}
+        )
     return app
 
 

@@ -32,8 +32,14 @@ def api(compose, docker_client, tmp_path: Path):
     compose.up()
     registry = Registry(log_changes=False)
     registry.inventory(docker_client)
+    from sidecar.metrics import Metrics
+
     env = make_env(
-        tmp_path, f"sqlite:///{tmp_path / 'catalog.db'}", registry=registry, docker_client=lambda: docker_client
+        tmp_path,
+        f"sqlite:///{tmp_path / 'catalog.db'}",
+        registry=registry,
+        docker_client=lambda: docker_client,
+        metrics=Metrics(),
     )
     client = create_app(env.ops, API_KEY).test_client()
     client.environ_base["HTTP_X_API_KEY"] = API_KEY
@@ -102,6 +108,12 @@ def test_backup_and_restore_an_app_through_the_api(api, compose):
 
     app = next(a for a in data(client.get(f"{PREFIX}/apps"))["items"] if a["app_id"] == app_id)
     assert app["last_backup"]["status"] == "completed" and app["last_success_at"]
+
+    text = client.get("/metrics").get_data(as_text=True)
+    assert f'backup_success_total{{app_id="{app_id}",type="incremental"}} 1.0' in text
+    assert f'backup_success_total{{app_id="{app_id}",type="full"}} 1.0' in text
+    assert f'restore_success_total{{app_id="{app_id}"}} 1.0' in text
+    assert f'backup_in_progress{{app_id="{app_id}"}} 0.0' in text
 
 
 def test_what_a_caller_can_get_wrong(api, compose, tmp_path):
