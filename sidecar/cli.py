@@ -530,6 +530,36 @@ def cmd_catalog(args: argparse.Namespace, settings: Settings) -> int:
     return EXIT_WARNINGS if report.problems else EXIT_OK
 
 
+def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
+    from sidecar.daemon import Daemon, ServeOptions, parse_listen
+
+    if not args.debug:
+        logging.getLogger().setLevel(logging.INFO)  # a daemon tells what it does
+    host, port = parse_listen(args.listen or os.environ.get("BACKUP_API_LISTEN") or "0.0.0.0:8080")
+    concurrent_text = os.environ.get("BACKUP_MAX_CONCURRENT_BACKUPS", "2")
+    if not concurrent_text.isdigit() or not 1 <= int(concurrent_text) <= 64:
+        raise InvalidRequest(f"BACKUP_MAX_CONCURRENT_BACKUPS must be 1 to 64, got {concurrent_text!r}")
+    options = ServeOptions(
+        host=host,
+        port=port,
+        api_key=os.environ.get("BACKUP_API_KEY") or None,
+        insecure_no_auth=args.insecure_no_auth,
+        max_concurrent=int(concurrent_text),
+        grace=args.grace,
+        docker=not args.no_docker,
+    )
+    url = _repo_url(args, settings)
+    first = _open(args, settings)  # unlocks the key once; each job opens the repository with it
+    master = first.key
+
+    def open_repo() -> Repository:
+        return Repository.open(open_backend(url), master=master, compression_level=settings.compression_level)
+
+    daemon = Daemon(options, open_repo, repository_info(url, first), settings.catalog_url, settings.data_dir / "state")
+    daemon.serve()
+    return EXIT_OK
+
+
 def repository_info(url: str, repo: Repository) -> RepositoryInfo:
     from sidecar.catalog import RepositoryInfo
 
@@ -665,6 +695,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("catalog_command", choices=["rebuild"])
     p.add_argument("--catalog", metavar="URL", help="sqlite:///PATH or postgresql://... (default: BACKUP_CATALOG_URL)")
     p.add_argument("--json", action="store_true")
+
+    p = command("serve", cmd_serve, "the daemon: Docker watcher, jobs, REST API and /metrics")
+    p.add_argument("--listen", metavar="HOST:PORT", help="default: BACKUP_API_LISTEN or 0.0.0.0:8080")
+    p.add_argument("--insecure-no-auth", action="store_true", help="serve the API without a key (local use only)")
+    p.add_argument("--no-docker", action="store_true", help="no Docker: the API serves backups only, no apps")
+    p.add_argument("--grace", type=float, default=60.0, metavar="SECONDS", help="for running jobs at shutdown")
 
     p = command("unlock", cmd_unlock, "remove stale locks")
     p.add_argument("--remove-all", action="store_true", help="remove every lock, not only stale ones")
