@@ -267,7 +267,7 @@ class Operations:
     # ---- restores --------------------------------------------------------------------------
 
     def start_restore(self, app_id: str, backup_id: str, request: RestoreRequest) -> str:
-        from sidecar.jobs.restore import RestoreOptions, restore_app
+        from sidecar.jobs.restore import RestoreOptions, resolve_volumes, restore_app
 
         app = self.app(app_id)
         if app.policy.errors:
@@ -277,6 +277,8 @@ class Operations:
             raise InvalidRequest(f"backup {backup_id} belongs to app {row.app_id}, not {app_id}")
         if row.status != "completed":
             raise InvalidRequest(f"backup {backup_id} is {row.status}: it cannot be restored")
+        if request.volumes is not None:  # a name the backup does not hold is refused now, not skipped
+            resolve_volumes(app, self._snapshot(self.open_repo(), row), request.volumes)
         job = self.catalog.create_job("restore", app_id, backup_id)
         options = RestoreOptions(
             safety=request.safety,

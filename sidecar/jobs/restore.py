@@ -14,6 +14,7 @@ whether the rollback worked. The app is never left stopped without saying so.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from collections.abc import Callable
@@ -23,7 +24,7 @@ import docker
 import docker.errors
 
 from sidecar.docker.apps import App, VolumeInfo
-from sidecar.errors import AppPolicyInvalid, BackupError, RestoreFailed
+from sidecar.errors import AppPolicyInvalid, BackupError, InvalidRequest, RestoreFailed
 from sidecar.jobs.backup import JobContext, backup_app_locked, run_hooks
 from sidecar.jobs.dumps import load_database, wait_database_ready
 from sidecar.jobs.locks import AppLock
@@ -92,6 +93,26 @@ class _PhaseClock:
         self._phase, self._since = None, now
 
 
+def resolve_volumes(app: App, snapshot: SnapshotRecord, requested: list[str] | None) -> list[str] | None:
+    """The snapshot's volume keys for `requested` names (compose keys or volume names);
+    InvalidRequest naming any that the snapshot does not hold (nothing is skipped silently)."""
+    if requested is None:
+        return None
+    keys = sorted(s.name.removeprefix("volume:") for s in snapshot.sources if s.kind == "volume")
+    by_name = {v.name: v.key for v in app.volumes}
+    resolved, unknown = [], []
+    for item in requested:
+        key = item if item in keys else by_name.get(item)
+        if key in keys:
+            resolved.append(key)
+        else:
+            unknown.append(item)
+    if unknown:
+        held = ", ".join(keys) or "none"
+        raise InvalidRequest(f"volumes: {', '.join(unknown)} not in snapshot {snapshot.id[:8]} (its volumes: {held})")
+    return resolved
+
+
 def restore_app(
     ctx: JobContext,
     app: App,
@@ -105,6 +126,7 @@ def restore_app(
         raise AppPolicyInvalid(f"app {app.app_id}: fix its labels before restoring it: {details}")
     if snapshot.app_id != app.app_id:
         raise RestoreFailed(f"snapshot {snapshot.id[:8]} belongs to app {snapshot.app_id}, not {app.app_id}")
+    options = dataclasses.replace(options, volumes=resolve_volumes(app, snapshot, options.volumes))
     t0 = time.monotonic()
     progress = clock = _PhaseClock(progress)
     with AppLock(ctx.state_dir / "locks", app.app_id, "restore", ctx.lock_wait):

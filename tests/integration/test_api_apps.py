@@ -103,6 +103,8 @@ def test_backup_and_restore_an_app_through_the_api(api, compose):
     assert result["backup_id"] == first["backup_id"] and result["safety_snapshot_id"]
     assert "safety snapshot" in result["phases"]
     assert docker_exec(web, "cat /srv/site/page.html; ls /srv/site") == "one\npage.html\n"
+    wrong = client.post(f"{PREFIX}/restore/{app_id}/{first['backup_id']}", json={"volumes": ["sitee"]})
+    assert error(wrong, 400, "INVALID_REQUEST").startswith("volumes: sitee not in snapshot")
     listed = data(client.get(f"{PREFIX}/snapshots?app_id={app_id}"))["items"]
     assert len(listed) == 3 and ["pre-restore"] in [b["tags"] for b in listed]  # the safety snapshot is listed
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from bench.treecompare import compare
-from sidecar.errors import BackupCorrupted, RestoreFailed
+from sidecar.errors import BackupCorrupted, InvalidRequest, RestoreFailed
 from sidecar.jobs import restore as restore_module
 from sidecar.jobs.backup import backup_app
 from sidecar.jobs.restore import RestoreOptions, restore_app
@@ -281,3 +281,11 @@ def test_a_subset_of_volumes_without_the_database(compose, registry, docker_clie
     assert [v["source"] for v in result.volumes] == ["volume:uploads"] and result.databases == []
     assert docker_exec(web, "cat /var/www/html/wp-content/uploads/f /var/www/html/themes/f") == "u1\nt2\n"
     assert mariadb(db, "SELECT v FROM wp.t").split()[-1] == "2"
+    # by volume name too; a name the snapshot does not hold is refused before anything happens
+    app = registry.require(compose.name)
+    by_name = RestoreOptions(volumes=[compose.volume("themes")], restore_database=False, safety=False)
+    assert [v["source"] for v in restore_app(ctx, app, snap, by_name).volumes] == ["volume:themes"]
+    assert docker_exec(web, "cat /var/www/html/themes/f") == "t1\n"
+    with pytest.raises(InvalidRequest, match=r"volumes: uplods not in snapshot \w+ \(its volumes: themes, uploads\)"):
+        restore_app(ctx, app, snap, RestoreOptions(volumes=["uplods"], safety=False))
+    assert len(local_repo.list_snapshots(compose.name)) == 1  # no safety snapshot was even taken
