@@ -12,6 +12,7 @@ interrupted), then the watcher stops."""
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import threading
 from dataclasses import dataclass
@@ -55,6 +56,8 @@ class Daemon:
                 "BACKUP_API_KEY is not set: serve does not start without an API key "
                 "(--insecure-no-auth for local use only)"
             )
+        # store workers run below the API's priority (backups are background work; requests are not)
+        os.environ.setdefault("BACKUP_WORKER_NICE", "10")
         repo = open_repo()  # the key is checked now, not at the first job
         open_catalog(catalog_url)
         catalog = Catalog()

@@ -302,6 +302,9 @@ class _Worker:
 def worker_main(conn: Connection) -> None:
     """Entry point of the worker process."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when to stop
+    nice = os.environ.get("BACKUP_WORKER_NICE", "")
+    if nice.isdigit() and 0 < int(nice) <= 19:  # `serve` runs its workers below the API's priority
+        os.nice(int(nice))
     limit_arenas()
     gc.disable()  # nothing here makes reference cycles; the collector only costs time
     worker = None

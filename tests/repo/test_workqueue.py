@@ -222,3 +222,26 @@ def test_many_producers_and_consumers_deliver_everything_once():
         assert not c.is_alive()
     assert sorted(received) == sorted((p, i) for p in range(4) for i in range(200))
     assert q._used == 0
+
+
+def test_store_workers_take_the_nice_value_they_are_given(tmp_path, monkeypatch):
+    import os
+    import time
+
+    from sidecar.repo.backends.local import LocalBackend
+    from sidecar.repo.blobwriter import BlobWriter
+    from sidecar.repo.repository import Repository
+    from sidecar.repo.snapshot import SourceStats
+
+    repo = Repository.init(LocalBackend(tmp_path / "repo"), b"k")
+    monkeypatch.setenv("BACKUP_WORKER_NICE", "7")
+    writer = BlobWriter(repo, [SourceStats()], workers=1)
+    try:
+        writer.store(0, b"some data", 0)  # the first new blob starts the workers
+        pid = writer._workers[0].process.pid
+        deadline = time.monotonic() + 10
+        while os.getpriority(os.PRIO_PROCESS, pid) != os.getpriority(os.PRIO_PROCESS, 0) + 7:
+            assert time.monotonic() < deadline, "the worker did not lower its priority"
+            time.sleep(0.05)
+    finally:
+        writer.abort()
