@@ -19,25 +19,24 @@ from sidecar.repo.snapshot import SnapshotRecord
 def verify_snapshot(repo: Repository, snapshot: SnapshotRecord, read_data: bool = False) -> None:
     index = repo.index()
     problems: list[str] = []
-    packs: dict[str, set[bytes]] = {}
+    by_number: dict[int, set[bytes]] = {}
     for source in snapshot.sources:
         try:
             ids = [bytes.fromhex(h) for h in source.tree]
-            for entry in tree.read_tree(ids, repo.load_blob):
-                for h in entry.get("blobs") or ():
-                    blob_id = bytes.fromhex(h)
-                    where = index.get(blob_id)
-                    if where is None:
-                        problems.append(
-                            f"{source.name}:{tree.entry_path(entry).decode('utf-8', 'replace')}: "
-                            f"blob {h[:16]} is not in the index"
-                        )
-                    else:
-                        packs.setdefault(where.pack_id, set()).add(blob_id)
+            for line in tree.read_lines(ids, repo.load_blob):
+                blobs = tree.line_blob_ids(line)  # a file's line, read without parsing it (it is authenticated)
+                if blobs is None:
+                    blobs = [bytes.fromhex(h) for h in tree.parse_line(line).get("blobs") or ()]
+                if not blobs:
+                    continue
+                for blob_id in index.add_pack_numbers(blobs, by_number):
+                    path = tree.entry_path(tree.parse_line(line)).decode("utf-8", "replace")
+                    problems.append(f"{source.name}:{path}: blob {blob_id.hex()[:16]} is not in the index")
         except BackupError as exc:
             problems.append(f"{source.name}: listing: {exc}")
         if len(problems) > 20:
             break
+    packs = {index.pack_id(number): blob_ids for number, blob_ids in by_number.items()}
     stored = {name.rsplit("/", 1)[1]: size for name, size in repo.backend.list("data/")}
     for pack_id, blob_ids in sorted(packs.items()):
         if pack_id not in stored:

@@ -88,9 +88,36 @@ class Index:
                 return False
         return True
 
-    def _find(self, blob_id: bytes) -> int:
-        """Offset of the record in the sorted buffer, or -1."""
-        prefixes, records, starts = self._sorted
+    def add_pack_numbers(self, blob_ids: Iterable[bytes], packs: dict[int, set[bytes]]) -> list[bytes]:
+        """Add each blob id to the set of its pack's number in `packs` (numbers: `pack_id`);
+        returns the ids that are not indexed. One search each, no object per blob."""
+        recent = self._recent
+        buffers = self._sorted  # one consistent state, whatever a merge publishes meanwhile
+        records = buffers[1]
+        missing = []
+        for blob_id in blob_ids:
+            fields = recent.get(blob_id)
+            if fields is not None:
+                number = fields[0]
+            else:
+                at = self._find(blob_id, buffers)
+                if at < 0:
+                    missing.append(blob_id)
+                    continue
+                number = int.from_bytes(records[at + 32 : at + 36], "little")
+            found = packs.get(number)
+            if found is None:
+                packs[number] = {blob_id}
+            else:
+                found.add(blob_id)
+        return missing
+
+    def pack_id(self, number: int) -> str:
+        return self._packs[number]
+
+    def _find(self, blob_id: bytes, buffers: tuple[array, bytes, array] | None = None) -> int:
+        """Offset of the record in the sorted buffer (of `buffers`, default the current ones), or -1."""
+        prefixes, records, starts = buffers or self._sorted
         key = _prefix(blob_id)
         top = key >> 48
         n = starts[top + 1]

@@ -362,3 +362,25 @@ def test_has_all_answers_like_contains():
     for absent in (ids[1700], shared, bytes(32)):
         assert not index.has_all([ids[3], absent, ids[1200]])
         assert (absent in index) is False
+
+
+def test_add_pack_numbers_groups_blobs_by_pack_and_names_the_missing():
+    import random
+
+    rng = random.Random(13)
+    index = Index()
+    placed: dict[str, set[bytes]] = {}
+    for n in range(900):
+        blob_id = rng.randbytes(32)
+        pack = f"{n % 7:064x}"
+        index.add(blob_id, pack, PackEntry(blob_id, 0, n, 1, 0, 1))
+        placed.setdefault(pack, set()).add(blob_id)
+        if n == 600:
+            index.merge()  # some sorted, some recent
+    absent = [rng.randbytes(32) for _ in range(3)]
+    wanted = [b for ids in placed.values() for b in ids]
+    by_number: dict[int, set[bytes]] = {}
+    missing = index.add_pack_numbers(wanted[:450] + absent[:1], by_number)
+    missing += index.add_pack_numbers(wanted[450:] + absent[1:], by_number)
+    assert missing == absent
+    assert {index.pack_id(n): ids for n, ids in by_number.items()} == placed
