@@ -555,7 +555,12 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
     def open_repo() -> Repository:
         return Repository.open(open_backend(url), master=master, compression_level=settings.compression_level)
 
-    daemon = Daemon(options, open_repo, repository_info(url, first), settings.catalog_url, settings.data_dir / "state")
+    from sidecar.docker.volumes import access_mode
+    from sidecar.jobs.child import ChildSpec
+
+    state_dir = settings.data_dir / "state"
+    child = ChildSpec(url, master.export(), settings.compression_level, str(state_dir), access_mode())
+    daemon = Daemon(options, open_repo, repository_info(url, first), settings.catalog_url, state_dir, child)
     daemon.serve()
     return EXIT_OK
 

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from sidecar.errors import InvalidRequest
+from sidecar.jobs.child import ChildSpec
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +44,9 @@ def parse_listen(text: str) -> tuple[str, int]:
 
 
 class Daemon:
-    def __init__(self, options: ServeOptions, open_repo, repo_info, catalog_url: str, state_dir: Path) -> None:  # type: ignore[no-untyped-def]
+    def __init__(  # type: ignore[no-untyped-def]
+        self, options: ServeOptions, open_repo, repo_info, catalog_url: str, state_dir: Path, child: ChildSpec | None
+    ) -> None:
         from sidecar.api import create_app
         from sidecar.catalog import Catalog, open_catalog
         from sidecar.jobs.runner import JobRunner
@@ -58,6 +61,7 @@ class Daemon:
             )
         # store workers run below the API's priority (backups are background work; requests are not)
         os.environ.setdefault("BACKUP_WORKER_NICE", "10")
+        os.environ.setdefault("BACKUP_JOB_NICE", "10")
         repo = open_repo()  # the key is checked now, not at the first job
         open_catalog(catalog_url)
         catalog = Catalog()
@@ -94,6 +98,7 @@ class Daemon:
             registry=self.registry,
             docker_client=client_factory,
             metrics=Metrics(repository_size=repository_size),
+            child=child,
         )
         self.app = create_app(self.operations, options.api_key, insecure_no_auth=options.insecure_no_auth)
         self._server = None

@@ -16,11 +16,12 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from sidecar.catalog.models import AppState, Backup
 from sidecar.catalog.records import Catalog, RepositoryInfo, backup_to_dict
 from sidecar.errors import AppPolicyInvalid, BackupError, BackupNotFound, DockerUnavailable, InvalidRequest
+from sidecar.jobs.child import ChildSpec, run_in_child
 from sidecar.jobs.runner import JobProgress, JobRunner
 from sidecar.repo.repository import Repository
 from sidecar.repo.snapshot import BACKUP_TYPES, SnapshotRecord, new_backup_id
@@ -75,6 +76,14 @@ class Operations:
     docker_client: Callable[[], docker.DockerClient] | None = None
     volume_access_mode: str = "auto"
     metrics: Metrics | None = None
+    child: ChildSpec | None = None  # run jobs in processes of their own (serve); None: in a thread here
+
+    def _backup_now(self, app: App, progress: JobProgress, **kwargs: Any):  # type: ignore[no-untyped-def]
+        from sidecar.jobs.backup import backup_app
+
+        if self.child is not None:
+            return run_in_child(self.child, "backup", {"app": app, **kwargs}, progress)
+        return backup_app(self._job_context(self.open_repo()), app, progress=progress, **kwargs)
 
     # ---- apps ------------------------------------------------------------------------------
 
@@ -137,21 +146,17 @@ class Operations:
         )
 
         def run(progress: JobProgress) -> dict:
-            from sidecar.jobs.backup import backup_app
-
             started = time.monotonic()
             if self.metrics:
                 self.metrics.backup_started(app_id, backup_type)
             progress.set_phase("backing up")
             try:
-                repo = self.open_repo()
-                result = backup_app(
-                    self._job_context(repo),
+                result = self._backup_now(
                     app,
+                    progress,
                     backup_type=backup_type,
                     tags=request.tags,
                     description=request.description,
-                    progress=progress,
                     include_database=request.include_database,
                     backup_id=backup_id,
                 )
@@ -226,7 +231,11 @@ class Operations:
         def run(progress: JobProgress) -> dict:
             progress.set_phase("reading")
             repo = self.open_repo()
-            verify_snapshot(repo, self._snapshot(repo, row), read_data=True)
+            snapshot = self._snapshot(repo, row)
+            if self.child is not None:
+                run_in_child(self.child, "verify", {"snapshot_id": snapshot.id}, progress)
+            else:
+                verify_snapshot(repo, snapshot, read_data=True)
             return {"backup_id": backup_id, "ok": True}
 
         self.runner.submit(job.job_id, None, run)
@@ -293,7 +302,12 @@ class Operations:
                 self.metrics.restore_started(app_id)
             try:
                 repo = self.open_repo()
-                result = restore_app(self._job_context(repo), app, self._snapshot(repo, row), options, progress)
+                snapshot = self._snapshot(repo, row)
+                if self.child is not None:
+                    args = {"app": app, "snapshot_id": snapshot.id, "options": options}
+                    result = run_in_child(self.child, "restore", args, progress)
+                else:
+                    result = restore_app(self._job_context(repo), app, snapshot, options, progress)
             except BaseException:
                 if self.metrics:
                     self.metrics.restore_finished(app_id, ok=False)
