@@ -72,7 +72,8 @@ class Backup(BaseModel):
     job_id = CharField(max_length=64, null=True)
 
     class Meta:
-        indexes = ((("app_id", "created_at"), False),)
+        # listing an app's backups; and each app's newest completed one (metrics, a covering index)
+        indexes = ((("app_id", "created_at"), False), (("status", "app_id", "created_at"), False))
 
 
 class BackupSchedule(BaseModel):

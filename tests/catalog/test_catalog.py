@@ -167,19 +167,34 @@ def test_rebuild_gives_back_every_backup_after_the_catalog_is_lost(catalog_url, 
     assert rebuild_catalog(catalog, repo, info(repo)).to_json()["added"] == 0  # nothing left to do
 
 
+def test_a_version_1_catalog_is_migrated(catalog_url, monkeypatch):
+    from sidecar.catalog.models import SchemaVersion
+
+    monkeypatch.setattr(catalog_db, "MIGRATIONS", [])
+    db = open_catalog(catalog_url)  # as version 1 made it: without the index of version 2
+    db.execute_sql("DROP INDEX backup_status_app_id_created_at")
+    assert schema_version(db) == 1
+    monkeypatch.undo()
+    db = open_catalog(catalog_url)
+    assert schema_version(db) == 2 == latest_version()
+    assert ("status", "app_id", "created_at") in {tuple(i.columns) for i in db.get_indexes("backup")}
+    assert [v.version for v in SchemaVersion.select().order_by(SchemaVersion.version)] == [1, 2]
+
+
 def test_migrations_run_from_the_version_found(catalog_url, monkeypatch):
     db = open_catalog(catalog_url)
-    assert schema_version(db) == 1
+    latest = latest_version()
+    assert schema_version(db) == latest
 
     def add_column(migrator):
         return [migrator.add_column("backup", "retained_until", BigIntegerField(null=True))]
 
     monkeypatch.setattr(catalog_db, "MIGRATIONS", [*catalog_db.MIGRATIONS, add_column])
     db = open_catalog(catalog_url)
-    assert schema_version(db) == 2
+    assert schema_version(db) == latest + 1
     assert "retained_until" in {c.name for c in db.get_columns("backup")}
     open_catalog(catalog_url)  # already there: not applied twice
-    assert schema_version(db) == 2
+    assert schema_version(db) == latest + 1
 
     monkeypatch.setattr(catalog_db, "MIGRATIONS", [])  # an older program meets the newer catalog
     with pytest.raises(CatalogUnavailable, match="newer than this program"):
