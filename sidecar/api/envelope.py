@@ -8,6 +8,7 @@ from __future__ import annotations
 import logging
 
 from flask import Flask, Response, jsonify
+from peewee import InterfaceError, OperationalError, PeeweeException
 from werkzeug.exceptions import HTTPException
 
 from sidecar.errors import BackupError
@@ -41,6 +42,13 @@ def register_error_handlers(app: Flask) -> None:
     def _http_error(exc: HTTPException) -> tuple[Response, int]:
         status = exc.code or 500
         return error(status, _HTTP_CODES.get(status, "HTTP_ERROR"), exc.description or exc.name)
+
+    @app.errorhandler(OperationalError)
+    @app.errorhandler(InterfaceError)
+    def _catalog_error(exc: PeeweeException) -> tuple[Response, int]:  # the database is away or refuses
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        log.error("catalog: %s", first)
+        return error(503, "CATALOG_UNAVAILABLE", f"the catalog is unavailable: {first}")
 
     @app.errorhandler(Exception)
     def _unexpected(exc: Exception) -> tuple[Response, int]:

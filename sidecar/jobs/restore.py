@@ -147,6 +147,10 @@ def restore_app(
         running = {c.id for c in app.containers if _running(ctx.client, c.id)}
         try:
             _apply(ctx, app, snapshot, options, running, result, progress)
+        except _NothingChanged as exc:
+            raise RestoreFailed(
+                f"app {app.app_id}: restore of {snapshot.id[:8]} refused by its {exc}; nothing was changed"
+            ) from None
         except BaseException as exc:
             cause = f"{type(exc).__name__}: {exc}" if not isinstance(exc, BackupError) else str(exc)
             log.error("app %s: restore of %s failed: %s", app.app_id, snapshot.id[:8], cause)
@@ -160,7 +164,8 @@ def restore_app(
             progress("rolling back", 0, safety.totals.bytes)
             try:
                 rollback = AppRestoreResult(safety.id, None)
-                _apply(ctx, app, safety, RestoreOptions(wait_timeout=options.wait_timeout), running, rollback, progress)
+                back = RestoreOptions(wait_timeout=options.wait_timeout)
+                _apply(ctx, app, safety, back, running, rollback, progress, pre_hooks_must_pass=False)
             except BaseException as again:
                 _start(ctx, running, options.wait_timeout)
                 raise RestoreFailed(
@@ -186,6 +191,10 @@ def _running(client: docker.DockerClient, cid: str) -> bool:
         return False
 
 
+class _NothingChanged(RestoreFailed):
+    """A restore.pre hook refused: nothing was stopped or written, so there is nothing to roll back."""
+
+
 def _apply(
     ctx: JobContext,
     app: App,
@@ -194,14 +203,18 @@ def _apply(
     running: set[str],
     result: AppRestoreResult,
     progress: Progress,
+    pre_hooks_must_pass: bool = True,
 ) -> None:
-    """Steps 4-7 for `snapshot`; raises on the first failure (containers may then be stopped)."""
+    """Steps 4-7 for `snapshot`; raises on the first failure (containers may then be stopped).
+    A failing restore.pre hook raises `_NothingChanged`, or is only a warning in a rollback."""
     client = ctx.client
     hooks: list = []
     progress("stopping", 0, snapshot.totals.bytes)
     failed = run_hooks(client, app, "restore.pre", hooks)
     if failed is not None:
-        raise RestoreFailed(f"{failed.describe()}")
+        if pre_hooks_must_pass:
+            raise _NothingChanged(failed.describe())  # before anything was stopped or written
+        result.warnings.append(f"{failed.describe()} (going on: this is a rollback)")
     db_names = app.policy.db_containers()
     if options.stop_app:
         for c in app.containers:

@@ -276,6 +276,25 @@ def test_a_real_http_server(env, live_server):
     assert call("/healthz", key=None)[0] == 200
 
 
+def test_a_catalog_that_goes_away_is_a_503(tmp_path, postgres_server):
+    from tests.postgres import _admin
+
+    _admin(postgres_server, "CREATE DATABASE w9_goes_away")
+    env = make_env(tmp_path, f"{postgres_server}/w9_goes_away")
+    try:
+        client = create_app(env.ops, API_KEY).test_client()
+        client.environ_base["HTTP_X_API_KEY"] = API_KEY
+        assert client.get(f"{PREFIX}/snapshots").status_code == 200
+        _admin(postgres_server, "DROP DATABASE w9_goes_away WITH (FORCE)")
+        response = client.get(f"{PREFIX}/snapshots")
+        assert "catalog is unavailable" in error_of(response, 503, "CATALOG_UNAVAILABLE")
+        assert "pg-" not in response.get_data(as_text=True)  # no password
+    finally:
+        env.ops.runner.shutdown()
+        close_catalog()
+        _admin(postgres_server, "DROP DATABASE IF EXISTS w9_goes_away WITH (FORCE)")
+
+
 def test_the_api_on_postgresql(tmp_path, postgres_url):
     env = make_env(tmp_path, postgres_url)
     try:

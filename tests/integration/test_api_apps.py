@@ -146,3 +146,17 @@ def test_what_a_caller_can_get_wrong(api, compose, tmp_path):
     assert "exited 7" in message
     failed = data(client.get(f"{PREFIX}/snapshots?app_id={app_id}&status=failed"))["items"]
     assert len(failed) == 1 and "exited 7" in failed[0]["error_message"]
+
+    # a label error: 409 before any job; a failing restore.pre hook: RESTORE_FAILED, rolled back
+    def relabel(labels: dict) -> None:
+        compose.write({"web": service(labels=labels, volumes=["site:/srv/site"])}, volumes=["site"])
+        compose.up()
+        env.ops.registry.inventory(env.ops.docker_client())
+
+    relabel({"websoft9.backup.schedule": "every day"})
+    message = error(client.post(f"{PREFIX}/{app_id}"), 409, "APP_POLICY_INVALID")
+    assert "websoft9.backup.schedule" in message
+    relabel({"websoft9.backup.restore.pre": "exit 3"})
+    made = data(client.post(f"{PREFIX}/{app_id}?wait=true"))
+    message = error(client.post(f"{PREFIX}/restore/{app_id}/{made['backup_id']}?wait=true"), 500, "RESTORE_FAILED")
+    assert "restore.pre hook" in message and "exited 3" in message and "nothing was changed" in message
