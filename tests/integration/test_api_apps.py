@@ -160,3 +160,37 @@ def test_what_a_caller_can_get_wrong(api, compose, tmp_path):
     made = data(client.post(f"{PREFIX}/{app_id}?wait=true"))
     message = error(client.post(f"{PREFIX}/restore/{app_id}/{made['backup_id']}?wait=true"), 500, "RESTORE_FAILED")
     assert "restore.pre hook" in message and "exited 3" in message and "nothing was changed" in message
+
+
+def test_a_full_repository_disk_is_507(compose, docker_client, tmp_path: Path):
+    """The repository on a 3 MiB file system, the app's volume 8 MiB of random data."""
+    import os
+    import subprocess
+
+    from sidecar.docker.apps import Registry
+
+    if os.geteuid() != 0:  # mounting the small file system needs root (CI runs as root)
+        pytest.fail("needs root to mount a tmpfs") if os.environ.get("CI") == "true" else pytest.skip("needs root")
+    small = tmp_path / "small"
+    small.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=3m", "tmpfs", str(small)], check=True)
+    try:
+        compose.write({"web": service(volumes=["big:/srv/big"])}, volumes=["big"])
+        compose.up()
+        docker_exec(compose.container("web"), "head -c 8388608 /dev/urandom > /srv/big/blob")
+        registry = Registry(log_changes=False)
+        registry.inventory(docker_client)
+        env = make_env(small, f"sqlite:///{tmp_path / 'catalog.db'}", registry=registry,
+                       docker_client=lambda: docker_client)  # fmt: skip
+        try:
+            client = create_app(env.ops, API_KEY).test_client()
+            client.environ_base["HTTP_X_API_KEY"] = API_KEY
+            message = error(client.post(f"{PREFIX}/{compose.name}?wait=true"), 507, "BACKUP_QUOTA_EXCEEDED")
+            assert "no space left" in message
+            failed = data(client.get(f"{PREFIX}/snapshots?status=failed"))["items"]
+            assert len(failed) == 1 and env.repo().list_snapshots() == []  # nothing half-made was recorded
+        finally:
+            env.ops.runner.shutdown()
+            close_catalog()
+    finally:
+        subprocess.run(["umount", "-l", str(small)], check=False)
