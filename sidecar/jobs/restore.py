@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -222,45 +223,28 @@ def _apply(
                 client.api.stop(c.id, timeout=30)
     ctx.on_phase("stopped", app)
     total = snapshot.totals.bytes
-    done = 0
-    if options.restore_database:
-        for spec in app.policy.databases:
-            container = app.container(spec.container)
-            if container is None:
-                raise RestoreFailed(f"database container {spec.container} is gone")
-            name = _db_source(snapshot, spec.container, container.service)
-            if name is None:
-                result.warnings.append(f"snapshot has no dump of {spec.container}; its database was left as it is")
-                continue
-            if not _running(client, container.id):
-                client.api.start(container.id)
-            wait_database_ready(client, container, spec, options.wait_timeout)
-            progress("databases", done, total)
-            ctx.on_phase("loading", app)
-            with open_stream_file(ctx.repo, snapshot, name) as dump:
-                dropped = load_database(client, container, spec, dump, exact=True)
-            size = snapshot.source(name).stats.bytes
-            done += size
-            result.databases.append({"source": name, "container": spec.container, "bytes": size, "dropped": dropped})
-    for source in snapshot.sources:
-        if source.kind != "volume":
-            continue
-        key = source.name.removeprefix("volume:")
-        if options.volumes is not None and key not in options.volumes:
-            continue
-        volume = _volume_for(ctx, app, key)
-        progress("volumes", done, total)
-        ctx.on_phase("writing", app)
-        ctx.volume_access.restore(ctx.repo, snapshot, source.name, app, volume, delete=True)
-        how = ctx.volume_access.how(volume)
-        if how == "archive":
-            result.warnings.append(
-                f"volume {volume.name} was written through Docker's archive API: files the snapshot lacks were not "
-                "removed, mtimes are whole seconds"
-            )
-        done += source.stats.bytes
-        result.volumes.append({"source": source.name, "volume": volume.name, "access": how})
-    progress("starting", done, total)
+    # the databases load (inside their containers) while the volumes are written: independent work
+    progress("databases and volumes", 0, total)
+    loads: threading.Thread | None = None
+    load_error: list[BaseException] = []
+    if options.restore_database and app.policy.databases:
+
+        def load_all() -> None:
+            try:
+                _load_databases(ctx, app, snapshot, options, result)
+            except BaseException as exc:
+                load_error.append(exc)
+
+        loads = threading.Thread(target=load_all, name=f"restore-databases-{app.app_id}", daemon=True)
+        loads.start()
+    try:
+        _write_volumes(ctx, app, snapshot, options, result)
+    finally:
+        if loads is not None:
+            loads.join()  # a failure of either waits for the other: the rollback must not race a load
+    if load_error:
+        raise load_error[0]
+    progress("starting", total, total)
     errors = _start(ctx, running, options.wait_timeout)
     if errors:
         raise RestoreFailed("; ".join(errors))
@@ -272,6 +256,49 @@ def _apply(
     for run in post:
         if not run.ok:
             result.warnings.append(run.describe())
+
+
+def _load_databases(
+    ctx: JobContext, app: App, snapshot: SnapshotRecord, options: RestoreOptions, result: AppRestoreResult
+) -> None:
+    client = ctx.client
+    for spec in app.policy.databases:
+        container = app.container(spec.container)
+        if container is None:
+            raise RestoreFailed(f"database container {spec.container} is gone")
+        name = _db_source(snapshot, spec.container, container.service)
+        if name is None:
+            result.warnings.append(f"snapshot has no dump of {spec.container}; its database was left as it is")
+            continue
+        if not _running(client, container.id):
+            client.api.start(container.id)
+        wait_database_ready(client, container, spec, options.wait_timeout)
+        ctx.on_phase("loading", app)
+        with open_stream_file(ctx.repo, snapshot, name) as dump:
+            dropped = load_database(client, container, spec, dump, exact=True)
+        size = snapshot.source(name).stats.bytes
+        result.databases.append({"source": name, "container": spec.container, "bytes": size, "dropped": dropped})
+
+
+def _write_volumes(
+    ctx: JobContext, app: App, snapshot: SnapshotRecord, options: RestoreOptions, result: AppRestoreResult
+) -> None:
+    for source in snapshot.sources:
+        if source.kind != "volume":
+            continue
+        key = source.name.removeprefix("volume:")
+        if options.volumes is not None and key not in options.volumes:
+            continue
+        volume = _volume_for(ctx, app, key)
+        ctx.on_phase("writing", app)
+        ctx.volume_access.restore(ctx.repo, snapshot, source.name, app, volume, delete=True)
+        how = ctx.volume_access.how(volume)
+        if how == "archive":
+            result.warnings.append(
+                f"volume {volume.name} was written through Docker's archive API: files the snapshot lacks were not "
+                "removed, mtimes are whole seconds"
+            )
+        result.volumes.append({"source": source.name, "volume": volume.name, "access": how})
 
 
 def _db_source(snapshot: SnapshotRecord, container: str, service: str | None) -> str | None:

@@ -250,7 +250,7 @@ def test_restore_app_from_the_command_line(compose, docker_client, tmp_path):
     doc = restored.json()
     assert doc["snapshot_id"] == backup.json()["snapshot_id"]
     assert doc["safety_snapshot_id"] and doc["volumes"][0]["source"] == "volume:site"
-    assert list(doc["phases"]) == ["verifying", "safety snapshot", "stopping", "volumes", "starting"]
+    assert list(doc["phases"]) == ["verifying", "safety snapshot", "stopping", "databases and volumes", "starting"]
     assert 0 < sum(doc["phases"].values()) <= doc["duration_s"] + 0.01
     assert docker_exec(compose.container("web"), "cat /srv/site/index.html; ls /srv/site") == "first\nindex.html\n"
     listed = run_cli("snapshots", "--repo", repo, "--app-id", compose.name, "--json", env=env).json()
