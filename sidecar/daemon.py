@@ -62,7 +62,7 @@ class Daemon:
         # store workers run below the API's priority (backups are background work; requests are not)
         os.environ.setdefault("BACKUP_WORKER_NICE", "10")
         os.environ.setdefault("BACKUP_JOB_NICE", "10")
-        repo = open_repo()  # the key is checked now, not at the first job
+        repo = open_repo()  # for the repository-size metric (the caller has checked the key)
         open_catalog(catalog_url)
         catalog = Catalog()
         interrupted = catalog.interrupt_unfinished()

@@ -10,13 +10,12 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable, Iterator
-from datetime import UTC
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, make_wsgi_app
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from sidecar.catalog.models import Backup
+from sidecar.catalog.records import Catalog
 
 DURATION_BUCKETS = (1, 5, 15, 30, 60, 120, 300, 600, 1200, 1800, 3600, 7200, float("inf"))
 REPOSITORY_SIZE_EVERY = 60.0  # seconds
@@ -27,6 +26,7 @@ class _CatalogCollector(Collector):
 
     def __init__(self, in_progress: Callable[[], tuple[set[str], set[str]]]) -> None:
         self._in_progress = in_progress  # -> (running now, every app seen by this process)
+        self._catalog = Catalog()
 
     def describe(self) -> Iterator[GaugeMetricFamily]:
         """The families without samples (so registering does not query the catalog)."""
@@ -44,9 +44,9 @@ class _CatalogCollector(Collector):
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
         last, size, running = self._families()
-        newest = _newest_completed()
+        newest = self._catalog.newest_completed()
         for app_id, (completed, size_bytes) in sorted(newest.items()):
-            last.add_metric([app_id], completed)
+            last.add_metric([app_id], completed.timestamp())
             size.add_metric([app_id], size_bytes)
         busy, seen = self._in_progress()
         for app_id in sorted(set(newest) | busy | seen):
@@ -54,28 +54,6 @@ class _CatalogCollector(Collector):
         yield last
         yield size
         yield running
-
-
-def _newest_completed() -> dict[str, tuple[float, int]]:
-    """app id -> (unix completion time, size) of its newest completed backup: one query."""
-    from peewee import fn
-
-    newest = (
-        Backup.select(Backup.app_id, fn.MAX(Backup.created_at).alias("created"))
-        .where(Backup.status == "completed")
-        .group_by(Backup.app_id)
-        .alias("newest")
-    )
-    query = (
-        Backup.select(Backup.app_id, Backup.completed_at, Backup.created_at, Backup.size_bytes)
-        .join(newest, on=((Backup.app_id == newest.c.app_id) & (Backup.created_at == newest.c.created)))
-        .where(Backup.status == "completed")
-    )
-    out: dict[str, tuple[float, int]] = {}
-    for row in query:
-        when = row.completed_at or row.created_at  # naive, meaning UTC
-        out[row.app_id] = (when.replace(tzinfo=UTC).timestamp(), row.size_bytes)
-    return out
 
 
 class Metrics:

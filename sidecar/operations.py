@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from sidecar.catalog.models import AppState, Backup
-from sidecar.catalog.records import Catalog, RepositoryInfo, backup_to_dict
+from sidecar.catalog.records import Catalog, RepositoryInfo, backup_to_dict, iso_time
 from sidecar.errors import AppPolicyInvalid, BackupError, BackupNotFound, DockerUnavailable, InvalidRequest
 from sidecar.jobs.child import ChildSpec, run_in_child
 from sidecar.jobs.runner import JobProgress, JobRunner
@@ -107,7 +107,7 @@ class Operations:
                 Backup.select().where(Backup.app_id == app.app_id).order_by(Backup.created_at.desc()).first()
             )  # fmt: skip
             doc["last_backup"] = None if last is None else backup_to_dict(last)
-            doc["last_success_at"] = _iso(state.last_success_at) if state else None
+            doc["last_success_at"] = iso_time(state.last_success_at) if state else None
             doc["last_error"] = state.last_error if state else None
             out.append(doc)
         return out
@@ -177,7 +177,7 @@ class Operations:
         try:
             self.runner.submit(job.job_id, app_id, run)
         except BackupError as exc:
-            Backup.delete().where(Backup.backup_id == backup_id).execute()
+            self.catalog.delete_backup(backup_id)
             self.catalog.finish_job(job.job_id, "failed", error=exc.message, error_code=exc.code)
             raise
         return job.job_id, row
@@ -325,7 +325,3 @@ class Operations:
             self.catalog.finish_job(job.job_id, "failed", error=exc.message, error_code=exc.code)
             raise
         return job.job_id
-
-
-def _iso(when: datetime | None) -> str | None:
-    return None if when is None else when.replace(tzinfo=UTC).isoformat().replace("+00:00", "Z")

@@ -17,7 +17,7 @@ from collections.abc import Callable
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
-from peewee import Database, OperationalError, PeeweeException, PostgresqlDatabase, SqliteDatabase, fn
+from peewee import Database, OperationalError, PeeweeException, PostgresqlDatabase, fn
 from playhouse.db_url import connect
 from playhouse.migrate import SchemaMigrator, migrate
 
@@ -48,10 +48,6 @@ MIGRATIONS: list[Migration] = [_v2_newest_completed_index]
 
 def latest_version() -> int:
     return 1 + len(MIGRATIONS)
-
-
-def default_url(data_dir: Path) -> str:
-    return f"sqlite:///{(data_dir / 'catalog.db').absolute()}"
 
 
 def safe_url(url: str) -> str:
@@ -132,7 +128,3 @@ def close_catalog() -> None:
     db = database.obj
     if db is not None and not db.is_closed():
         db.close()
-
-
-def is_sqlite(db: Database) -> bool:
-    return isinstance(db, SqliteDatabase)

@@ -38,7 +38,8 @@ def _naive_utc(when: datetime) -> datetime:
     return when.astimezone(UTC).replace(tzinfo=None)
 
 
-def _iso(when: datetime | None) -> str | None:
+def iso_time(when: datetime | None) -> str | None:
+    """A stored (naive UTC) time as the API shows it."""
     return None if when is None else format_time(when.replace(tzinfo=UTC))
 
 
@@ -95,8 +96,8 @@ def backup_to_dict(row: Backup) -> dict:
         "s3_key": row.s3_key,
         "checksum": row.checksum,
         "status": row.status,
-        "created_at": _iso(row.created_at),
-        "completed_at": _iso(row.completed_at),
+        "created_at": iso_time(row.created_at),
+        "completed_at": iso_time(row.completed_at),
         "error_message": row.error_message,
         "snapshot_id": row.snapshot_id,
         "parent_snapshot_id": row.parent_snapshot_id,
@@ -122,9 +123,9 @@ def job_to_dict(row: Job) -> dict:
         "error": row.error,
         "error_code": row.error_code,
         "result": None if row.result is None else json.loads(row.result),
-        "created_at": _iso(row.created_at),
-        "started_at": _iso(row.started_at),
-        "finished_at": _iso(row.finished_at),
+        "created_at": iso_time(row.created_at),
+        "started_at": iso_time(row.started_at),
+        "finished_at": iso_time(row.finished_at),
     }
 
 
@@ -258,11 +259,17 @@ class Catalog:
             else:
                 AppState.update(**fields).where(AppState.app_id == app_id).execute()
 
-    def last_successes(self) -> dict[str, datetime]:
-        """app id -> time of its newest completed backup."""
-        query = (
-            Backup.select(Backup.app_id, fn.MAX(Backup.completed_at).alias("last"))
+    def newest_completed(self) -> dict[str, tuple[datetime, int]]:
+        """app id -> (completion time, size) of its newest completed backup: one query."""
+        newest = (
+            Backup.select(Backup.app_id, fn.MAX(Backup.created_at).alias("created"))
             .where(Backup.status == "completed")
             .group_by(Backup.app_id)
+            .alias("newest")
         )
-        return {row.app_id: row.last.replace(tzinfo=UTC) for row in query if row.last is not None}
+        query = (
+            Backup.select(Backup.app_id, Backup.completed_at, Backup.created_at, Backup.size_bytes)
+            .join(newest, on=((Backup.app_id == newest.c.app_id) & (Backup.created_at == newest.c.created)))
+            .where(Backup.status == "completed")
+        )
+        return {row.app_id: ((row.completed_at or row.created_at).replace(tzinfo=UTC), row.size_bytes) for row in query}

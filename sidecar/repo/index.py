@@ -68,25 +68,12 @@ class Index:
         return blob_id in self._recent or self._find(blob_id) >= 0
 
     def has_all(self, blob_ids: Iterable[bytes]) -> bool:
-        """Whether every one of `blob_ids` is indexed: `all(i in index ...)` with the
-        search inlined (an unchanged file of an incremental backup asks this)."""
+        """Whether every one of `blob_ids` is indexed, looked up in one consistent state
+        (an unchanged file of an incremental backup asks this)."""
         recent = self._recent
-        prefixes, records, starts = self._sorted
-        for blob_id in blob_ids:
-            if blob_id in recent:
-                continue
-            key = int.from_bytes(blob_id[:8], "big")
-            top = key >> 48
-            n = starts[top + 1]
-            i = bisect_left(prefixes, key, starts[top], n)
-            while i < n and prefixes[i] == key:
-                at = i * _SIZE
-                if records[at : at + 32] == blob_id:
-                    break
-                i += 1
-            else:
-                return False
-        return True
+        buffers = self._sorted
+        find = self._find
+        return all(blob_id in recent or find(blob_id, buffers) >= 0 for blob_id in blob_ids)
 
     def add_pack_numbers(self, blob_ids: Iterable[bytes], packs: dict[int, set[bytes]]) -> list[bytes]:
         """Add each blob id to the set of its pack's number in `packs` (numbers: `pack_id`);

@@ -132,10 +132,11 @@ def test_app_state_and_last_successes(catalog_url, repo, tmp_path):
     assert state.last_success_at is not None and state.last_failure_at is not None
     snap = back_up(repo, tmp_path, "wp", "x")
     catalog.record_snapshot(snap, info(repo))
-    last = catalog.last_successes()
-    assert set(last) == {"wp"}
-    assert abs((last["wp"] - snap.time).total_seconds()) < snap.duration_s + 1
-    assert last["wp"].tzinfo is not None
+    newest = catalog.newest_completed()
+    assert set(newest) == {"wp"}
+    last, size = newest["wp"]
+    assert abs((last - snap.time).total_seconds()) < snap.duration_s + 1
+    assert last.tzinfo is not None and size == len("x")
 
 
 def test_rebuild_gives_back_every_backup_after_the_catalog_is_lost(catalog_url, repo, tmp_path):
