@@ -535,18 +535,19 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
 
     if not args.debug:
         logging.getLogger().setLevel(logging.INFO)  # a daemon tells what it does
+    from sidecar.jobs.scheduling import config_from_env
+
     host, port = parse_listen(args.listen or os.environ.get("BACKUP_API_LISTEN") or "0.0.0.0:8080")
-    concurrent_text = os.environ.get("BACKUP_MAX_CONCURRENT_BACKUPS", "2")
-    if not concurrent_text.isdigit() or not 1 <= int(concurrent_text) <= 64:
-        raise InvalidRequest(f"BACKUP_MAX_CONCURRENT_BACKUPS must be 1 to 64, got {concurrent_text!r}")
+    schedule = config_from_env(os.environ)  # a bad TZ or scheduler variable refuses to start, naming it
     options = ServeOptions(
         host=host,
         port=port,
         api_key=os.environ.get("BACKUP_API_KEY") or None,
         insecure_no_auth=args.insecure_no_auth,
-        max_concurrent=int(concurrent_text),
+        max_concurrent=schedule.max_concurrent,
         grace=args.grace,
         docker=not args.no_docker,
+        scheduler=None if args.no_scheduler else schedule,
     )
     url = _repo_url(args, settings)
     first = _open(args, settings)  # unlocks the key once; each job opens the repository with it
@@ -706,6 +707,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--insecure-no-auth", action="store_true", help="serve the API without a key (local use only)")
     p.add_argument("--no-docker", action="store_true", help="no Docker: the API serves backups only, no apps")
     p.add_argument("--grace", type=float, default=60.0, metavar="SECONDS", help="for running jobs at shutdown")
+    p.add_argument("--no-scheduler", action="store_true", help="run no scheduled backups or prunes (API only)")
 
     p = command("unlock", cmd_unlock, "remove stale locks")
     p.add_argument("--remove-all", action="store_true", help="remove every lock, not only stale ones")

@@ -1,5 +1,5 @@
-"""`websoft9-backup serve`: the Docker watcher, the job runner and the API with
-/metrics on waitress, until SIGTERM or SIGINT.
+"""`websoft9-backup serve`: the Docker watcher, the scheduler, the job runner and
+the API with /metrics on waitress, until SIGTERM or SIGINT.
 
 Start: unlock the repository key (a wrong key refuses to start), open and
 migrate the catalog, mark jobs an earlier process left unfinished as
@@ -7,7 +7,8 @@ interrupted, start containers an interrupted backup left stopped, take the
 inventory and follow Docker's events. Stop: the server stops taking requests,
 queued jobs are marked interrupted, running ones get `grace` seconds to
 finish (after that, or after a SIGKILL, the next start marks them
-interrupted), then the watcher stops."""
+interrupted), then the watcher stops. The scheduler stops first: it starts
+nothing more; a run it missed meanwhile is caught up at the next start."""
 
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ from pathlib import Path
 
 from sidecar.errors import InvalidRequest
 from sidecar.jobs.child import ChildSpec
+from sidecar.jobs.scheduler import SchedulerConfig
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +36,7 @@ class ServeOptions:
     grace: float = 60.0  # seconds running jobs get to finish at shutdown
     docker: bool = True
     threads: int = 8
+    scheduler: SchedulerConfig | None = None  # None: no scheduled work (serve --no-scheduler)
 
 
 def parse_listen(text: str) -> tuple[str, int]:
@@ -100,6 +103,22 @@ class Daemon:
             metrics=Metrics(repository_size=repository_size),
             child=child,
         )
+        self.scheduler = None
+        if options.scheduler is not None:
+            from sidecar.jobs.scheduler import Scheduler
+            from sidecar.jobs.scheduling import OperationsLauncher, ScheduleSources
+
+            config = options.scheduler
+            self.operations.tz = config.tz
+            self.scheduler = Scheduler(
+                config,
+                OperationsLauncher(self.operations),
+                ScheduleSources(self.registry, config),
+                metrics=self.operations.metrics,
+            )
+            self.operations.scheduler = self.scheduler
+            if self.registry is not None:
+                self.registry.listeners.append(self.scheduler.wake)
         self.app = create_app(self.operations, options.api_key, insecure_no_auth=options.insecure_no_auth)
         self._server = None
         self._stopping = threading.Event()
@@ -110,6 +129,8 @@ class Daemon:
 
         if self.watcher is not None:
             self.watcher.start()
+        if self.scheduler is not None:
+            self.scheduler.start()
         self._server = create_server(
             self.app,
             host=self.options.host,
@@ -149,6 +170,8 @@ class Daemon:
     def _shutdown(self) -> None:
         from sidecar.catalog.db import close_catalog
 
+        if self.scheduler is not None:
+            self.scheduler.stop()  # starts nothing more; what it started is drained below
         done = threading.Event()
 
         def drain() -> None:

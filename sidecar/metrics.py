@@ -70,6 +70,18 @@ class Metrics:
         self.backup_added_bytes_total = Counter(
             "backup_added_bytes_total", "Bytes backups added to the repository (after dedup)", ["app_id"], registry=r
         )
+        self.backup_retries_total = Counter(
+            "backup_retries_total", "Scheduled backups that failed and are tried again", labels, registry=r
+        )
+        self.scheduled_runs_total = Counter(
+            "backup_scheduled_runs_total",
+            "Scheduled runs by outcome: completed, retrying, failed, skipped (missed), coalesced (due while queued)",
+            ["app_id", "outcome"],
+            registry=r,
+        )
+        self.backup_forgotten_total = Counter(
+            "backup_forgotten_total", "Snapshots forgotten by retention after scheduled backups", ["app_id"], registry=r
+        )
         self.restore_total = Counter("restore_total", "Restores started", ["app_id"], registry=r)
         self.restore_success_total = Counter("restore_success_total", "Restores completed", ["app_id"], registry=r)
         self.restore_failed_total = Counter("restore_failed_total", "Restores failed", ["app_id"], registry=r)
@@ -91,17 +103,32 @@ class Metrics:
             self._running.add(app_id)
             self._seen.add(app_id)
 
-    def backup_finished(self, app_id: str, backup_type: str, seconds: float, added_bytes: int | None) -> None:
-        """`added_bytes` None: the backup failed."""
+    def backup_finished(
+        self, app_id: str, backup_type: str, seconds: float, added_bytes: int | None, retrying: bool = False
+    ) -> None:
+        """`added_bytes` None: the backup failed (`retrying`: the scheduler tries it again, so it
+        counts in backup_retries_total, not yet in backup_failed_total)."""
         with self._lock:
             self._running.discard(app_id)
         self.backup_duration_seconds.labels(app_id, backup_type).observe(seconds)
-        if added_bytes is None:
+        if added_bytes is None and retrying:
+            self.backup_retries_total.labels(app_id, backup_type).inc()
+        elif added_bytes is None:
             self.backup_failed_total.labels(app_id, backup_type).inc()
         else:
             self.backup_success_total.labels(app_id, backup_type).inc()
             self.backup_added_bytes_total.labels(app_id).inc(added_bytes)
         self._repo_measured = 0.0  # measure again at the next scrape
+
+    def scheduled_run(self, app_id: str, outcome: str) -> None:
+        """A scheduled run ended (completed, retrying, failed) or was skipped or coalesced."""
+        self.scheduled_runs_total.labels(app_id, outcome).inc()
+
+    def forgotten(self, app_id: str, count: int) -> None:
+        self.backup_forgotten_total.labels(app_id).inc(count)
+
+    def repository_changed(self) -> None:
+        self._repo_measured = 0.0
 
     def restore_started(self, app_id: str) -> None:
         self.restore_total.labels(app_id).inc()

@@ -14,7 +14,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, tzinfo
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -22,17 +22,23 @@ from sidecar.catalog.models import AppState, Backup
 from sidecar.catalog.records import Catalog, RepositoryInfo, backup_to_dict, iso_time
 from sidecar.errors import AppPolicyInvalid, BackupError, BackupNotFound, DockerUnavailable, InvalidRequest
 from sidecar.jobs.child import ChildSpec, run_in_child
-from sidecar.jobs.runner import JobProgress, JobRunner
+from sidecar.jobs.runner import Finished, JobProgress, JobRunner
 from sidecar.repo.repository import Repository
+from sidecar.repo.retention import RetentionPolicy
 from sidecar.repo.snapshot import BACKUP_TYPES, SnapshotRecord, new_backup_id
 
 if TYPE_CHECKING:
     import docker
 
     from sidecar.docker.apps import App, Registry
+    from sidecar.jobs.scheduler import Scheduler
     from sidecar.metrics import Metrics
 
 log = logging.getLogger(__name__)
+
+
+def _ignore(job_id: str, result: dict | None, error: BackupError | None) -> None:
+    pass
 
 
 @dataclass
@@ -40,7 +46,9 @@ class BackupRequest:
     backup_type: str | None = None  # None: the app's label, else incremental
     description: str | None = None
     include_database: bool = True
+    include_volumes: bool = True  # an API schedule's include_uploads
     tags: list[str] = field(default_factory=list)
+    retention: RetentionPolicy | None = None  # applied to the app's snapshots after a successful backup
 
 
 @dataclass
@@ -50,19 +58,6 @@ class RestoreRequest:
     volumes: list[str] | None = None
     safety: bool = True
     verify_data: bool = False
-
-
-def next_run(schedule: str | None, after: datetime | None = None) -> str | None:
-    """ISO time of the next run of a cron schedule (UTC), or None."""
-    if not schedule:
-        return None
-    from croniter import croniter
-
-    try:
-        when = croniter(schedule, after or datetime.now(UTC)).get_next(datetime)
-    except (ValueError, KeyError):
-        return None
-    return when.astimezone(UTC).isoformat().replace("+00:00", "Z")
 
 
 @dataclass
@@ -77,6 +72,8 @@ class Operations:
     volume_access_mode: str = "auto"
     metrics: Metrics | None = None
     child: ChildSpec | None = None  # run jobs in processes of their own (serve); None: in a thread here
+    tz: tzinfo = UTC  # retention's days/weeks/months are counted in it (TZ)
+    scheduler: Scheduler | None = None  # serve's; for the next runs GET /apps shows
 
     def _backup_now(self, app: App, progress: JobProgress, **kwargs: Any):  # type: ignore[no-untyped-def]
         from sidecar.jobs.backup import backup_app
@@ -100,7 +97,9 @@ class Operations:
         out = []
         for app in sorted(self._registry().apps(), key=lambda a: a.app_id):
             doc = app.to_dict()
-            doc["next_run"] = next_run(app.policy.schedule) if app.policy.enabled and not app.policy.errors else None
+            doc["schedules"] = self.schedules_of(app)
+            runs = [s["next_run"] for s in doc["schedules"] if s.get("next_run")]
+            doc["next_run"] = min(runs) if runs else None
             doc["busy_job_id"] = self.runner.busy(app.app_id)
             state = states.get(app.app_id)
             last = (
@@ -111,6 +110,39 @@ class Operations:
             doc["last_error"] = state.last_error if state else None
             out.append(doc)
         return out
+
+    def schedules_of(self, app: App) -> list[dict]:
+        """The app's label schedule and API schedules, each with its next run (and, from the
+        running scheduler, whether a run is queued and how the last one ended)."""
+        from sidecar.catalog.models import BackupSchedule
+        from sidecar.jobs.timing import iso_z, next_run, timing_of_fields, timing_of_label
+
+        found: list[tuple[str, str, Callable[[], Any]]] = []
+        if app.policy.schedule:
+            found.append(("label:" + app.app_id, "label", lambda: timing_of_label(app.policy.schedule or "")))
+        rows = BackupSchedule.select().where(BackupSchedule.app_id == app.app_id).order_by(BackupSchedule.created_at)
+        for row in rows:
+            fields = (row.frequency, row.time, row.day_of_week, row.day_of_month, row.cron)
+            found.append((row.schedule_id, "api", lambda f=fields: timing_of_fields(*f)))
+        out = []
+        for key, source, timing in found:
+            doc: dict[str, Any] = {"schedule_id": key, "source": source}
+            if self.scheduler is not None:
+                doc.update(self.scheduler.describe(key))
+            elif app.policy.errors or (source == "label" and not app.policy.enabled):
+                doc["next_run"] = None
+            else:  # no scheduler here (a CLI or a test): when it would run
+                try:
+                    doc["next_run"] = iso_z(next_run(timing(), datetime.now(UTC), self.tz))
+                except (InvalidRequest, ValueError):
+                    doc["next_run"] = None
+            out.append(doc)
+        return out
+
+    def schedule_status(self, key: str) -> dict:
+        if self.scheduler is None:
+            return {}
+        return self.scheduler.describe(key)
 
     def _job_context(self, repo: Repository):
         from sidecar.docker.volumes import VolumeAccess
@@ -123,8 +155,17 @@ class Operations:
 
     # ---- backups ---------------------------------------------------------------------------
 
-    def start_backup(self, app_id: str, request: BackupRequest) -> tuple[str, Backup]:
-        """Check, record `in_progress`, queue; returns the job id and the backup row."""
+    def start_backup(
+        self,
+        app_id: str,
+        request: BackupRequest,
+        *,
+        on_finish: Finished | None = None,
+        final_attempt: bool = True,
+    ) -> tuple[str, Backup]:
+        """Check, record `in_progress`, queue; returns the job id and the backup row.
+        `final_attempt=False` (the scheduler will retry a failure): a failure is recorded on the
+        job and the backup record but counted as a retry, not as a failed backup."""
         from sidecar.jobs.backup import check_backupable
 
         app = self.app(app_id)
@@ -132,6 +173,8 @@ class Operations:
         app.backup_volumes()  # a wrong volumes label is refused now, not in the job
         if request.backup_type is not None and request.backup_type not in BACKUP_TYPES:
             raise InvalidRequest(f"backup_type: must be one of {', '.join(BACKUP_TYPES)}")
+        if not (request.include_database or request.include_volumes):
+            raise InvalidRequest("a backup with neither databases nor volumes holds nothing")
         backup_type = request.backup_type or app.policy.backup_type
         backup_id = new_backup_id(datetime.now(UTC))
         job = self.catalog.create_job("backup", app_id, backup_id)
@@ -158,29 +201,85 @@ class Operations:
                     tags=request.tags,
                     description=request.description,
                     include_database=request.include_database,
+                    include_volumes=request.include_volumes,
                     backup_id=backup_id,
                 )
             except BaseException as exc:
                 message = exc.message if isinstance(exc, BackupError) else f"interrupted: {type(exc).__name__}"
+                if not final_attempt:
+                    message += " (the scheduler will try again)"
                 self.catalog.fail_backup(backup_id, message)
                 self.catalog.note_result(app_id, app.app_name, None, message)
                 if self.metrics:
-                    self.metrics.backup_finished(app_id, backup_type, time.monotonic() - started, None)
+                    seconds = time.monotonic() - started
+                    self.metrics.backup_finished(app_id, backup_type, seconds, None, retrying=not final_attempt)
                 raise
             self.catalog.record_snapshot(result.snapshot, self.repo_info, job.job_id)
             self.catalog.note_result(app_id, app.app_name, backup_id, None)
             if self.metrics:
                 added = result.snapshot.totals.added_bytes
                 self.metrics.backup_finished(app_id, backup_type, time.monotonic() - started, added)
-            return {"backup_id": backup_id, "snapshot_id": result.snapshot.id, "warnings": result.warnings}
+            out = {"backup_id": backup_id, "snapshot_id": result.snapshot.id, "warnings": result.warnings}
+            if request.retention is not None:
+                progress.set_phase("applying retention")
+                out.update(self.apply_retention(app_id, request.retention))
+            return out
 
         try:
-            self.runner.submit(job.job_id, app_id, run)
+            self.runner.submit(job.job_id, app_id, run, on_finish or _ignore)
         except BackupError as exc:
             self.catalog.delete_backup(backup_id)
             self.catalog.finish_job(job.job_id, "failed", error=exc.message, error_code=exc.code)
             raise
         return job.job_id, row
+
+    def apply_retention(self, app_id: str, policy: RetentionPolicy) -> dict:
+        """Forget the app's snapshots `policy` does not keep (after a scheduled backup);
+        returns {"forgotten": [backup ids]} or, when it could not, {"retention_error": why}.
+        The data they alone used is freed by the next prune."""
+        from sidecar.repo.forget import plan_forget, remove_snapshots
+
+        try:
+            repo = self.open_repo()
+            decisions = plan_forget(repo, policy, app_id=app_id, tz=self.tz).get(app_id, [])
+            gone = [d.snapshot for d in decisions if not d.keep]
+            if gone:
+                remove_snapshots(repo, [s.id for s in gone], lock_wait=600)
+        except BackupError as exc:
+            log.error("app %s: retention %s not applied: %s", app_id, policy.describe(), exc.message)
+            return {"forgotten": [], "retention_error": exc.message}
+        forgotten = self.catalog.forget_snapshots([s.id for s in gone])
+        for snap in gone:
+            log.info(
+                "app %s: retention %s forgot snapshot %s of %s",
+                app_id,
+                policy.describe(),
+                snap.id[:8],
+                snap.time.isoformat(timespec="seconds"),
+            )
+        if self.metrics and gone:
+            self.metrics.forgotten(app_id, len(gone))
+        return {"forgotten": forgotten, "retention": policy.describe()}
+
+    def start_prune(self, on_finish: Finished | None = None) -> str:
+        """Prune as a job (exclusive repository lock: it waits for running backups)."""
+        from sidecar.repo.prune import prune_repository
+
+        job = self.catalog.create_job("prune")
+
+        def run(progress: JobProgress) -> dict:
+            progress.set_phase("pruning")
+            if self.child is not None:
+                report = run_in_child(self.child, "prune", {}, progress)
+            else:
+                report = prune_repository(self.open_repo(), lock_wait=3600).to_json()
+            log.info("prune: %s", report)
+            if self.metrics:
+                self.metrics.repository_changed()
+            return report
+
+        self.runner.submit(job.job_id, None, run, on_finish or _ignore)
+        return job.job_id
 
     # ---- one backup ------------------------------------------------------------------------
 

@@ -91,6 +91,17 @@ _INT = {"type": "integer"}
 _BOOL = {"type": "boolean"}
 _TIME = {"type": "string", "format": "date-time"}
 
+_SCHEDULE_STATUS = {  # what the running scheduler knows of a schedule
+    "queued": _BOOL,
+    "queued_since": _TIME,
+    "running_job_id": _nullable(_STRING),
+    "dormant": {"type": "string", "description": "why the schedule does not run now (app gone, label errors, ...)"},
+    "last_due": _TIME,
+    "last_outcome": _nullable({"type": "string", "enum": ["completed", "retrying", "failed", "skipped"]}),
+    "last_job_id": _nullable(_STRING),
+    "last_error": _nullable(_STRING),
+}
+
 SCHEMAS: dict = {
     "Error": {
         "type": "object",
@@ -169,6 +180,7 @@ SCHEMAS: dict = {
             "policy": {"type": "object"},
             "errors": {"type": "array", "items": {"type": "object"}},
             "next_run": _nullable(_TIME),
+            "schedules": {"type": "array", "items": _ref("ScheduleStatus")},
             "busy_job_id": _nullable(_STRING),
             "last_backup": _nullable(_ref("Backup")),
             "last_success_at": _nullable(_TIME),
@@ -196,6 +208,17 @@ SCHEMAS: dict = {
             "next_run": _nullable(_TIME),
             "source": {"type": "string", "enum": ["api", "label"]},
             "read_only": _BOOL,
+            **_SCHEDULE_STATUS,
+        },
+    },
+    "ScheduleStatus": {
+        "type": "object",
+        "required": ["schedule_id", "source", "next_run"],
+        "properties": {
+            "schedule_id": _STRING,
+            "source": {"type": "string", "enum": ["api", "label"]},
+            "next_run": _nullable(_TIME),
+            **_SCHEDULE_STATUS,
         },
     },
     "ScheduleInput": {

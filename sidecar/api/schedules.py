@@ -49,21 +49,45 @@ def _label_schedules(app_id: str | None) -> list[dict]:
         schedule = app["policy"].get("schedule")
         if not schedule or (app_id and app["app_id"] != app_id):
             continue
+        key = f"label:{app['app_id']}"
+        status = next((s for s in app["schedules"] if s["schedule_id"] == key), {})
         out.append(
             {
-                "schedule_id": f"label:{app['app_id']}",
+                **status,
+                "schedule_id": key,
                 "app_id": app["app_id"],
                 "enabled": not app["errors"],
                 "frequency": "cron",
                 "cron": schedule,
                 "backup_type": app["policy"].get("backup_type"),
                 "retention": app["policy"].get("retention"),
-                "next_run": app["next_run"],
                 "source": "label",
                 "read_only": True,
             }
         )
     return out
+
+
+def _with_status(row) -> dict:  # type: ignore[no-untyped-def]
+    """An API schedule with its next run (and queue state and last outcome, from the scheduler)."""
+    from datetime import UTC, datetime
+
+    from sidecar.jobs.timing import iso_z, next_run, timing_of_fields
+
+    ops = operations()
+    doc = schedules.schedule_to_dict(row)
+    if ops.scheduler is not None:
+        doc.update(ops.scheduler.describe(row.schedule_id))
+        return doc
+    timing = timing_of_fields(row.frequency, row.time, row.day_of_week, row.day_of_month, row.cron)
+    doc["next_run"] = iso_z(next_run(timing, datetime.now(UTC), ops.tz)) if row.enabled else None
+    return doc
+
+
+def _changed() -> None:
+    scheduler = operations().scheduler
+    if scheduler is not None:
+        scheduler.wake()
 
 
 def _read_only(schedule_id: str) -> None:
@@ -78,9 +102,7 @@ def list_schedules():  # type: ignore[no-untyped-def]
     app_id = request.args.get("app_id") or None
     items = []
     for row in schedules.list_schedules(app_id):
-        doc = schedules.schedule_to_dict(row)
-        doc["next_run"] = None
-        items.append(doc)
+        items.append(_with_status(row))
     items += _label_schedules(app_id)
     return ok({"items": items, "total": len(items)})
 
@@ -88,7 +110,8 @@ def list_schedules():  # type: ignore[no-untyped-def]
 @bp.post("/schedules")
 def create_schedule():  # type: ignore[no-untyped-def]
     row = schedules.create_schedule(_fields(Body(request)))
-    return ok(schedules.schedule_to_dict(row), "Schedule created", 201)
+    _changed()
+    return ok(_with_status(row), "Schedule created", 201)
 
 
 @bp.get("/schedules/<schedule_id>")
@@ -98,7 +121,7 @@ def get_schedule(schedule_id: str):  # type: ignore[no-untyped-def]
         if not found:
             raise schedules.ScheduleNotFound(f"no schedule {schedule_id!r}")
         return ok(found[0])
-    return ok(schedules.schedule_to_dict(schedules.get_schedule(schedule_id)))
+    return ok(_with_status(schedules.get_schedule(schedule_id)))
 
 
 @bp.put("/schedules/<schedule_id>")
@@ -106,11 +129,13 @@ def update_schedule(schedule_id: str):  # type: ignore[no-untyped-def]
     _read_only(schedule_id)
     current = schedules.fields_of(schedules.get_schedule(schedule_id))
     row = schedules.update_schedule(schedule_id, _fields(Body(request), current))
-    return ok(schedules.schedule_to_dict(row), "Schedule updated")
+    _changed()
+    return ok(_with_status(row), "Schedule updated")
 
 
 @bp.delete("/schedules/<schedule_id>")
 def delete_schedule(schedule_id: str):  # type: ignore[no-untyped-def]
     _read_only(schedule_id)
     schedules.delete_schedule(schedule_id)
+    _changed()
     return ok({"schedule_id": schedule_id}, "Schedule deleted")

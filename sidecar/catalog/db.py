@@ -21,7 +21,7 @@ from peewee import Database, OperationalError, PeeweeException, PostgresqlDataba
 from playhouse.db_url import connect
 from playhouse.migrate import SchemaMigrator, migrate
 
-from sidecar.catalog.models import TABLES, SchemaVersion, database
+from sidecar.catalog.models import TABLES, ScheduleState, SchemaVersion, database
 from sidecar.errors import CatalogUnavailable
 
 log = logging.getLogger(__name__)
@@ -43,7 +43,13 @@ def _v2_newest_completed_index(migrator: SchemaMigrator) -> list:
     return [migrator.add_index("backup", columns, False)]
 
 
-MIGRATIONS: list[Migration] = [_v2_newest_completed_index]
+def _v3_schedule_state(migrator: SchemaMigrator) -> list:
+    """Version 3: the scheduler's memory of each schedule (ScheduleState)."""
+    migrator.database.create_tables([ScheduleState], safe=True)
+    return []
+
+
+MIGRATIONS: list[Migration] = [_v2_newest_completed_index, _v3_schedule_state]
 
 
 def latest_version() -> int:

@@ -127,9 +127,23 @@ class AppState(BaseModel):
     updated_at = DateTimeField(default=utcnow)
 
 
+class ScheduleState(BaseModel):
+    """What the scheduler remembers of each schedule between restarts: the due time it
+    last handled (ran, queued or skipped), so runs missed while it was down are found."""
+
+    schedule_key = CharField(primary_key=True, max_length=128)  # label:<app>, sch_..., prune
+    app_id = CharField(max_length=255, null=True)
+    timing = CharField(max_length=255)  # the schedule as text; a change restarts the reckoning
+    last_due_at = DateTimeField()  # UTC
+    last_job_id = CharField(max_length=64, null=True)
+    last_outcome = CharField(max_length=16, null=True)  # completed, failed, skipped
+    last_error = TextField(null=True)
+    updated_at = DateTimeField(default=utcnow)
+
+
 class SchemaVersion(BaseModel):
     version = IntegerField()
     applied_at = DateTimeField(default=utcnow)
 
 
-TABLES = [Backup, BackupSchedule, Job, AppState, SchemaVersion]
+TABLES = [Backup, BackupSchedule, Job, AppState, ScheduleState, SchemaVersion]

@@ -197,6 +197,15 @@ class Catalog:
 
     # ---- jobs ------------------------------------------------------------------------------
 
+    def forget_snapshots(self, snapshot_ids: list[str]) -> list[str]:
+        """Delete the records of snapshots retention forgot; returns their backup ids."""
+        if not snapshot_ids:
+            return []
+        rows = Backup.select(Backup.backup_id).where(Backup.snapshot_id.in_(snapshot_ids))
+        backup_ids = sorted(r.backup_id for r in rows)
+        Backup.delete().where(Backup.snapshot_id.in_(snapshot_ids)).execute()
+        return backup_ids
+
     def create_job(self, kind: str, app_id: str | None = None, backup_id: str | None = None) -> Job:
         if kind not in JOB_KINDS:
             raise InvalidRequest(f"job kind must be one of {', '.join(JOB_KINDS)}, got {kind!r}")

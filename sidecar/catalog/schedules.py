@@ -41,10 +41,15 @@ class ScheduleFields:
         if self.frequency not in FREQUENCIES:
             raise InvalidRequest(f"frequency: must be one of {', '.join(FREQUENCIES)}, got {self.frequency!r}")
         if self.frequency == "cron":
-            from croniter import croniter
+            from sidecar.jobs.timing import CronTiming
 
-            if not self.cron or not croniter.is_valid(self.cron):
-                raise InvalidRequest(f"cron: a valid cron expression is needed with frequency cron, got {self.cron!r}")
+            try:
+                CronTiming(" ".join((self.cron or "").split()))
+            except InvalidRequest:
+                raise InvalidRequest(
+                    "cron: a valid cron expression (5 fields, or @hourly, @daily, @weekly, @monthly, @yearly) "
+                    f"is needed with frequency cron, got {self.cron!r}"
+                ) from None
         elif self.cron is not None:
             raise InvalidRequest("cron: only with frequency cron")
         if not _TIME.match(self.time or ""):
@@ -53,6 +58,8 @@ class ScheduleFields:
             raise InvalidRequest("day_of_week: needed with frequency weekly (0-6, Sunday-Saturday)")
         if self.frequency == "monthly" and self.day_of_month is None:
             raise InvalidRequest("day_of_month: needed with frequency monthly (1-31)")
+        if not (self.include_database or self.include_uploads):
+            raise InvalidRequest("include_database, include_uploads: at least one must be true")
         if self.backup_type not in BACKUP_TYPES:
             raise InvalidRequest(f"backup_type: must be one of {', '.join(BACKUP_TYPES)}, got {self.backup_type!r}")
 

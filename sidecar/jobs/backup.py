@@ -246,6 +246,7 @@ def backup_app(
     description: str | None = None,
     progress: Progress | None = None,
     include_database: bool = True,
+    include_volumes: bool = True,
     backup_id: str | None = None,
 ) -> AppBackupResult:
     """Back up `app` now; raises a `BackupError` and records nothing when it fails."""
@@ -260,6 +261,7 @@ def backup_app(
             description=description,
             progress=progress,
             include_database=include_database,
+            include_volumes=include_volumes,
             backup_id=backup_id,
         )
 
@@ -273,11 +275,12 @@ def backup_app_locked(
     description: str | None = None,
     progress: Progress | None = None,
     include_database: bool = True,
+    include_volumes: bool = True,
     backup_id: str | None = None,
 ) -> AppBackupResult:
     """`backup_app` for a caller that holds the app's lock (a restore's safety snapshot)."""
     policy = app.policy
-    volumes = app.backup_volumes()
+    volumes = app.backup_volumes() if include_volumes else []
     restart_left_stopped(ctx.client, ctx.state_dir)
     hooks: list[HookRun] = []
     warnings: list[str] = []

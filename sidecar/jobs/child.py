@@ -1,4 +1,4 @@
-"""A job (backup, restore, verification) in a process of its own.
+"""A job (backup, restore, verification, prune) in a process of its own.
 
 `serve` answers API requests in its own process; a job's scan and listing
 work is Python and would hold that process's GIL for seconds at a time, so
@@ -122,6 +122,11 @@ def _run(spec: ChildSpec, kind: str, args: dict[str, Any], relay: _Relay) -> Any
 
         verify_snapshot(repo, repo.load_snapshot(args["snapshot_id"]), read_data=True)
         return None
+    if kind == "prune":
+        from sidecar.repo.prune import prune_repository
+
+        relay("pruning", 0, 0)
+        return prune_repository(repo, lock_wait=3600).to_json()
     from sidecar.docker.client import connect
     from sidecar.docker.volumes import VolumeAccess
     from sidecar.jobs.backup import JobContext

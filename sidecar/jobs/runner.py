@@ -64,11 +64,16 @@ class JobRunner:
         self._pool = ThreadPoolExecutor(max(1, max_concurrent), thread_name_prefix="job")
         self._lock = threading.Lock()
         self._busy: dict[str, str] = {}  # app id -> job id
-        self._futures: dict[str, Future] = {}
+        self._futures: dict[str, Future] = {}  # queued or running
 
     def busy(self, app_id: str) -> str | None:
         with self._lock:
             return self._busy.get(app_id)
+
+    def active(self) -> int:
+        """Jobs queued or running."""
+        with self._lock:
+            return len(self._futures)
 
     def submit(
         self, job_id: str, app_id: str | None, fn: JobFunction, on_finish: Finished = lambda j, r, e: None
@@ -105,15 +110,20 @@ class JobRunner:
                 catalog.finish_job(job_id, "completed", result=result)
             else:
                 catalog.finish_job(job_id, "failed", error=failure.message, error_code=failure.code)
-            on_finish(job_id, result, failure)
         except Exception:
             log.exception("job %s: recording its outcome failed", job_id)
+        with self._lock:
+            self._futures.pop(job_id, None)
+        try:
+            on_finish(job_id, result, failure)
+        except Exception:
+            log.exception("job %s: its completion callback failed", job_id)
         if failure is not None:
             raise failure
         return result
 
     def wait(self, job_id: str, timeout: float | None = None) -> None:
-        """Until the job has finished (its outcome is in the catalog)."""
+        """Until the job has finished (its outcome is in the catalog; a finished job is not waited for)."""
         with self._lock:
             future = self._futures.get(job_id)
         if future is not None:

@@ -8,6 +8,7 @@ import json
 import tarfile
 import urllib.error
 import urllib.request
+from datetime import UTC, datetime
 
 import pytest
 
@@ -166,6 +167,8 @@ def test_schedules_crud_and_validation(client):
         ({"app_id": "wp", "backup_type": "snapshot"}, "backup_type"),
         ({"app_id": "wp", "storage_location": "s3"}, "storage_location"),
         ({"app_id": "wp", "include_uploads": 1}, "include_uploads"),
+        ({"app_id": "wp", "include_uploads": False, "include_database": False}, "include_database, include_uploads"),
+        ({"app_id": "wp", "frequency": "cron", "cron": "0 0 3 * * *"}, "cron"),
         ({"app_id": "wp", "when": "now"}, "when"),
     ],
 )
@@ -177,6 +180,10 @@ def test_a_cron_schedule(client):
     body = {"app_id": "x", "frequency": "cron", "cron": "15 4 * * 1-5"}
     made = data_of(client.post(f"{PREFIX}/schedules", json=body), 201)
     assert made["cron"] == "15 4 * * 1-5"
+    # without a running scheduler (no serve) the next run is still shown: a weekday at 04:15 UTC
+    when = datetime.fromisoformat(made["next_run"])
+    assert (when.hour, when.minute, when.weekday() < 5) == (4, 15, True)
+    assert when > datetime.now(UTC)
 
 
 # ---- auth, errors, documentation ---------------------------------------------------------------

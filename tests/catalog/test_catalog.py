@@ -172,14 +172,16 @@ def test_a_version_1_catalog_is_migrated(catalog_url, monkeypatch):
     from sidecar.catalog.models import SchemaVersion
 
     monkeypatch.setattr(catalog_db, "MIGRATIONS", [])
-    db = open_catalog(catalog_url)  # as version 1 made it: without the index of version 2
+    db = open_catalog(catalog_url)  # as version 1 made it: without the index of version 2, the table of 3
     db.execute_sql("DROP INDEX backup_status_app_id_created_at")
+    db.execute_sql("DROP TABLE schedule_state")
     assert schema_version(db) == 1
     monkeypatch.undo()
     db = open_catalog(catalog_url)
-    assert schema_version(db) == 2 == latest_version()
+    assert schema_version(db) == 3 == latest_version()
     assert ("status", "app_id", "created_at") in {tuple(i.columns) for i in db.get_indexes("backup")}
-    assert [v.version for v in SchemaVersion.select().order_by(SchemaVersion.version)] == [1, 2]
+    assert "schedule_state" in db.get_tables()
+    assert [v.version for v in SchemaVersion.select().order_by(SchemaVersion.version)] == [1, 2, 3]
 
 
 def test_migrations_run_from_the_version_found(catalog_url, monkeypatch):
