@@ -97,6 +97,8 @@ def _progress(verb: str, args: argparse.Namespace) -> TerminalProgress | None:
 
 def cmd_init(args: argparse.Namespace, settings: Settings) -> int:
     backend = open_backend(_repo_url(args, settings))
+    if hasattr(backend, "create_bucket") and backend.create_bucket():
+        print(f"created bucket for {backend.location}")
     repo = Repository.init(backend, _passphrase(args, confirm=True), compression_level=settings.compression_level)
     print(f"created repository {repo.config['id'][:8]} at {backend.location}")
     print("keep the encryption key safe: without it the backups cannot be read (see `key export`)")

@@ -17,8 +17,10 @@ if str(ROOT) not in sys.path:
 
 from bench import dataset, treecompare  # noqa: E402
 from tests.postgres import catalog_url, postgres_server, postgres_url  # noqa: E402, F401
+from tests.s3 import s3_env, s3_server  # noqa: E402, F401
 
 PASSWORD = "correct horse battery staple"
+RUN_ENV: dict[str, str] = {}  # added to every run_cli environment (an S3 repository's data dir)
 
 
 @dataclass
@@ -42,6 +44,7 @@ def run_cli(
     full_env = {k: v for k, v in os.environ.items() if not k.startswith("BACKUP_")}
     if password is not None:
         full_env["BACKUP_ENCRYPTION_KEY"] = password
+    full_env.update(RUN_ENV)
     full_env.update(env or {})
     proc = subprocess.run(
         [sys.executable, "-m", "sidecar", *map(str, args)],
@@ -59,13 +62,36 @@ def cli():
     return run_cli
 
 
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """`@pytest.mark.backends("local", "s3")` (on a test or a module): the test runs once
+    per back end, its `repo` fixture being a local path, then an s3:// URL."""
+    marker = metafunc.definition.get_closest_marker("backends")
+    if marker is not None and "repo" in metafunc.fixturenames:
+        metafunc.parametrize("repo", marker.args, indirect=True)
+
+
 @pytest.fixture
-def repo(tmp_path: Path) -> Path:
-    """An initialised, empty repository."""
-    path = tmp_path / "repo"
-    result = run_cli("init", "--repo", path)
+def repo(request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path | str:
+    """An initialised, empty repository: a local path, or (parametrized "s3") an
+    s3:// URL on the tests' moto server, with its cache in tmp_path."""
+    if getattr(request, "param", "local") == "s3":
+        from tests.s3 import new_bucket_url
+
+        request.getfixturevalue("s3_env")
+        monkeypatch.setitem(RUN_ENV, "BACKUP_DATA_DIR", str(tmp_path / "w9data"))
+        location: Path | str = new_bucket_url()
+    else:
+        location = tmp_path / "repo"
+    result = run_cli("init", "--repo", location)
     assert result.code == 0, result.err
-    return path
+    return location
+
+
+def backend_of(repo: Path | str):  # type: ignore[no-untyped-def]
+    """The back end of a `repo` fixture's repository, as the CLI opens it."""
+    from sidecar.repo.backends.base import open_backend
+
+    return open_backend(str(repo), {**os.environ, **RUN_ENV})
 
 
 @pytest.fixture(scope="session")

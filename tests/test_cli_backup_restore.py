@@ -15,8 +15,12 @@ import shutil
 import stat
 from pathlib import Path
 
+import pytest
+
 from bench import dataset, treecompare
 from tests.conftest import PASSWORD, CliResult
+
+pytestmark = pytest.mark.backends("local", "s3")
 
 BACKUP_ID = re.compile(r"^backup_\d{8}_\d{6}_[0-9a-f]{6}$")
 SNAPSHOT_ID = re.compile(r"^[0-9a-f]{64}$")

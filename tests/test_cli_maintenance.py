@@ -19,7 +19,9 @@ from sidecar.repo.forget import plan_forget
 from sidecar.repo.locks import read_locks
 from sidecar.repo.repository import Repository
 from sidecar.repo.retention import RetentionPolicy
-from tests.conftest import PASSWORD, ROOT, CliResult, copy_tree, run_cli
+from tests.conftest import PASSWORD, ROOT, RUN_ENV, CliResult, backend_of, copy_tree, run_cli
+
+pytestmark = pytest.mark.backends("local", "s3")
 
 # ---- helpers ------------------------------------------------------------------------------
 
@@ -49,19 +51,10 @@ def restore(cli, repo: Path, ref: str, target: Path, *extra: str) -> CliResult:
     return ok(cli("restore", ref, "--repo", repo, "--target", target, *extra))
 
 
-def repo_files(repo: Path, kinds: tuple[str, ...] = ("config", "keys", "data", "index", "snapshots")) -> dict:
-    """name -> size of the repository's objects (locks and staging excluded)."""
-    out = {}
-    for kind in kinds:
-        top = repo / kind
-        if top.is_file():
-            out[kind] = top.stat().st_size
-            continue
-        for dirpath, _dirs, files in os.walk(top):
-            for f in files:
-                p = Path(dirpath) / f
-                out[str(p.relative_to(repo))] = p.stat().st_size
-    return out
+def repo_files(repo: Path | str, kinds: tuple[str, ...] = ("config", "keys", "data", "index", "snapshots")) -> dict:
+    """name -> size of the repository's objects (locks and staging excluded), local or S3."""
+    backend = backend_of(repo)
+    return {name: size for name, size in backend.list("") if name == "config" or name.split("/")[0] in kinds}
 
 
 def repo_size(repo: Path) -> int:
@@ -84,8 +77,8 @@ def small_app(root: Path, seed: int, big: int = 0) -> Path:
     return root
 
 
-def open_repo(repo: Path, password: str = PASSWORD) -> Repository:
-    return Repository.open(LocalBackend(repo), password.encode())
+def open_repo(repo: Path | str, password: str = PASSWORD) -> Repository:
+    return Repository.open(backend_of(repo), password.encode())
 
 
 def run_raw(*args: str, password: str | None = PASSWORD, env: dict | None = None) -> subprocess.CompletedProcess:
@@ -93,6 +86,7 @@ def run_raw(*args: str, password: str | None = PASSWORD, env: dict | None = None
     full_env = {k: v for k, v in os.environ.items() if not k.startswith("BACKUP_")}
     if password is not None:
         full_env["BACKUP_ENCRYPTION_KEY"] = password
+    full_env.update(RUN_ENV)
     full_env.update(env or {})
     return subprocess.run(
         [sys.executable, "-m", "sidecar", *map(str, args)], capture_output=True, env=full_env, timeout=300, cwd=ROOT
@@ -123,7 +117,7 @@ def test_check_passes_on_a_healthy_repository(cli, repo, data):
     assert report["snapshots"] == 2
     assert report["damaged_blobs"] == 0
     assert report["affected"] == []
-    data_packs = len([p for p in (repo / "data").rglob("*") if p.is_file()])
+    data_packs = len(list(backend_of(repo).list("data/")))
     assert report["packs"] == data_packs > 0
     assert report["packs_read"] == report["packs"]
     assert report["blobs"] > 0
@@ -442,7 +436,7 @@ def test_keys_add_remove_export_and_recover_with_the_master_key(cli, repo, tmp_p
     exported = ok(cli("key", "export", "--repo", repo))
     master = json.loads(exported.out)
     assert set(master) >= {"repository", "encryption", "id"}
-    assert master["repository"] == json.loads((repo / "config").read_text())["id"]
+    assert master["repository"] == json.loads(backend_of(repo).get("config"))["id"]
     master_file = tmp_path / "master.json"
     master_file.write_text(exported.out)
 
@@ -486,6 +480,7 @@ time.sleep(120)
 """
 
 
+@pytest.mark.backends("local")  # the lock holder below opens a local path
 def test_unlock_removes_a_stale_lock(cli, repo, data):
     backup(cli, repo, data, "--app-id", "x")
     holder = subprocess.Popen(

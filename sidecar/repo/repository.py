@@ -33,7 +33,7 @@ from sidecar.repo.codec import DEFAULT_LEVEL, Codec
 from sidecar.repo.crypto import MasterKey
 from sidecar.repo.index import BlobLocation, Index
 from sidecar.repo.locks import REFRESH_EVERY, RepositoryLock, acquire_lock
-from sidecar.repo.pack import TARGET_PACK_SIZE, PackEntry, extract_blob, pack_object_name, read_header
+from sidecar.repo.pack import TARGET_PACK_SIZE, TREE, PackEntry, extract_blob, pack_object_name, read_header
 from sidecar.repo.snapshot import SnapshotRecord, format_time
 
 log = logging.getLogger(__name__)
@@ -275,7 +275,8 @@ class Repository:
         loc = self.index().get(blob_id)
         if loc is None:
             raise IntegrityError(f"blob {blob_id.hex()[:16]} is not in the index")
-        sealed = self.backend.get(pack_object_name(loc.pack_id), loc.offset, loc.length)
+        # listings are read again by every incremental backup: a remote repository's cache keeps them
+        sealed = self.backend.get(pack_object_name(loc.pack_id), loc.offset, loc.length, cache=loc.type == TREE)
         return self.blob_from_group(blob_id, loc, self.codec.decode(sealed))
 
     def blob_from_group(self, blob_id: bytes, loc: BlobLocation, group: bytes) -> bytes:

@@ -24,6 +24,18 @@ def test_refuses_a_wrong_encryption_key_and_a_bad_listen_address(tmp_path, repo)
     assert bad.code == 1 and "HOST:PORT" in bad.err
 
 
+def test_refuses_a_bad_scheduler_setting_naming_it(tmp_path, repo):
+    env = {"BACKUP_DATA_DIR": str(tmp_path), "BACKUP_API_KEY": SERVE_KEY}
+    for name, value, says in [
+        ("TZ", "Mars/Olympus", "TZ: unknown time zone 'Mars/Olympus'"),
+        ("BACKUP_PRUNE_SCHEDULE", "sometimes", "BACKUP_PRUNE_SCHEDULE: schedule 'sometimes' is not a valid cron"),
+        ("BACKUP_SCHEDULER_RETRIES", "many", "BACKUP_SCHEDULER_RETRIES: must be a whole number"),
+    ]:
+        result = run_cli("serve", "--repo", repo, "--no-docker", "--listen", "127.0.0.1:0", env={**env, name: value})
+        assert result.code == 1 and says in result.err and "Traceback" not in result.err, result.err
+        assert len(result.err.strip().splitlines()) == 1
+
+
 def test_serves_the_api_and_stops_on_sigterm(tmp_path, repo):
     src = tmp_path / "src"
     src.mkdir()

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import os
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Protocol
 
@@ -19,6 +20,8 @@ class Backend(Protocol):
     `put` with a `Path` hands the file over: the back end may move it.
     `staging_dir` is where writers prepare files for `put` (same file system
     as the repository for the local back end, so `put` is a rename).
+    `get(..., cache=True)` marks a range worth keeping in a local cache (tree
+    groups); back ends without one ignore it.
     """
 
     location: str
@@ -26,7 +29,7 @@ class Backend(Protocol):
 
     def put(self, name: str, data: bytes | Path) -> None: ...
 
-    def get(self, name: str, offset: int = 0, length: int | None = None) -> bytes: ...
+    def get(self, name: str, offset: int = 0, length: int | None = None, *, cache: bool = False) -> bytes: ...
 
     def list(self, prefix: str) -> Iterator[tuple[str, int]]: ...
 
@@ -35,10 +38,23 @@ class Backend(Protocol):
     def exists(self, name: str) -> bool: ...
 
 
-def open_backend(url: str) -> Backend:
-    """A back end for a repository URL: a local path (or file://path)."""
+def open_backend(url: str, env: Mapping[str, str] | None = None) -> Backend:
+    """A back end for a repository URL: a local path (or file://path), or s3://bucket/prefix
+    (settings from the environment: sidecar.repo.backends.s3) behind a metadata cache in the
+    data directory (BACKUP_CACHE_MAX_MB, default 2048)."""
+    env = os.environ if env is None else env
     if url.startswith("s3://"):
-        raise InvalidRequest("S3 repositories are not supported yet by this build (use a local path)")
+        from sidecar.config import default_data_dir
+        from sidecar.repo.backends.cache import DEFAULT_MAX_BYTES, CachedBackend, cache_dir_for
+        from sidecar.repo.backends.s3 import S3Backend, S3Settings
+
+        s3 = S3Backend(S3Settings.from_url(url, env))
+        base = Path(env.get("BACKUP_DATA_DIR") or default_data_dir(env)) / "cache"
+        limit = (env.get("BACKUP_CACHE_MAX_MB") or "").strip()
+        if limit and not limit.isdigit():
+            raise InvalidRequest(f"BACKUP_CACHE_MAX_MB: must be a whole number of MiB, got {limit!r}")
+        max_bytes = int(limit) << 20 if limit else DEFAULT_MAX_BYTES
+        return CachedBackend(s3, cache_dir_for(s3.location, base), max_bytes)
     from sidecar.repo.backends.local import LocalBackend
 
     path = url[len("file://") :] if url.startswith("file://") else url

@@ -62,7 +62,7 @@ class LocalBackend:
         except OSError as exc:
             raise disk_full(exc, f"{name} in {self.location}") or exc from None
 
-    def get(self, name: str, offset: int = 0, length: int | None = None) -> bytes:
+    def get(self, name: str, offset: int = 0, length: int | None = None, *, cache: bool = False) -> bytes:
         try:
             with open(self._path(name), "rb", buffering=0) as f:
                 if length is None:
