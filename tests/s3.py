@@ -158,6 +158,7 @@ class FaultyProxy:
         self.upstream = (host, int(port))
         self.rate = rate
         self.kinds = faults
+        self.block_after_data_puts: int | None = None  # then answer everything 503 (a dying link)
         self.random = random.Random(seed)
         self.lock = threading.Lock()
         self.requests: Counter[str] = Counter()  # "METHOD first-path-part" -> count
@@ -215,6 +216,13 @@ class FaultyProxy:
                     self.requests[method.decode()] += 1
                     self.log.append(what)
                 fault = self._choose(method, body)
+                with self.lock:
+                    limit = self.block_after_data_puts
+                    if limit is not None and method == b"PUT" and b"/data/" in target:
+                        if self.requests["PUT data"] >= limit:
+                            fault = "503"
+                        else:
+                            self.requests["PUT data"] += 1
                 if fault is not None:
                     with self.lock:
                         self.faults[fault] += 1

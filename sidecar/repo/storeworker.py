@@ -36,7 +36,7 @@ from sidecar.repo.chunker import Chunker, ChunkerParams
 from sidecar.repo.codec import Codec
 from sidecar.repo.crypto import MasterKey
 from sidecar.repo.memory import limit_arenas, trim
-from sidecar.repo.pack import DATA, GROUP_ALONE, GROUP_TARGET, PackWriter, pack_object_name
+from sidecar.repo.pack import DATA, GROUP_ALONE, GROUP_TARGET, TREE, PackWriter, pack_object_name
 from sidecar.repo.workqueue import ByteBoundedQueue, QueueClosed
 
 WHOLE_FILE_LIMIT = 4 << 20  # files up to this size are read in one piece
@@ -50,7 +50,8 @@ Blob = tuple[bytes, int, Any]  # id, type, plaintext (bytes or memoryview)
 class _Packer:
     """Groups small blobs; encoder threads compress and seal groups (zstd and AES
     run without the GIL, so one worker can use several cores on one big file)
-    and fill packs; a finishing thread fsyncs and stores full packs."""
+    and fill packs; finishing threads fsync and store full packs (one for a local
+    repository; a remote back end's `upload_threads`, so uploads overlap)."""
 
     def __init__(self, codec: Codec, backend: Any, pack_size: int, send: Any, threads: int = 2) -> None:
         self.codec = codec
@@ -58,6 +59,7 @@ class _Packer:
         self.pack_size = pack_size
         self.send = send
         self.threads = threads
+        self.uploaders = max(1, int(getattr(backend, "upload_threads", 1)))
         self.lock = threading.Lock()
         self.packs: dict[int, PackWriter] = {}
         self.groups: dict[int, list[tuple[bytes, Any, Any]]] = {}
@@ -68,12 +70,14 @@ class _Packer:
 
     def _start(self) -> None:
         self.jobs = ByteBoundedQueue(8 << 20)
-        self.finishing: queue.Queue[PackWriter | None] = queue.Queue(maxsize=2)
+        self.finishing: queue.Queue[PackWriter | None] = queue.Queue(maxsize=2 * self.uploaders)
         self.encoders = [
             threading.Thread(target=self._encode_loop, name="encode", daemon=True) for _ in range(self.threads)
         ]
-        self.finisher = threading.Thread(target=self._finish_loop, name="pack-store", daemon=True)
-        for t in [*self.encoders, self.finisher]:
+        self.finishers = [
+            threading.Thread(target=self._finish_loop, name="pack-store", daemon=True) for _ in range(self.uploaders)
+        ]
+        for t in [*self.encoders, *self.finishers]:
             t.start()
 
     def _fail(self, exc: BaseException) -> None:
@@ -142,7 +146,9 @@ class _Packer:
                     pack.abort()
                     continue
                 info = pack.finish()
-                self.backend.put(pack_object_name(info.name), info.path)
+                # a listing is read by the next backup: a remote repository's cache keeps it from now
+                trees = sorted({(e.offset, e.length) for e in info.entries if e.type == TREE})
+                self.backend.put(pack_object_name(info.name), info.path, cache_ranges=trees)
                 entries = [(e.blob_id, e.type, e.offset, e.length, e.inner, e.raw_length) for e in info.entries]
                 with self.lock:
                     stored = dict(self.stored.pop(id(pack), {}))
@@ -163,11 +169,16 @@ class _Packer:
         if self.error is None:
             for blob_type in list(self.packs):
                 self.finishing.put(self.packs.pop(blob_type))
-        self.finishing.put(None)
-        self.finisher.join()
+        self._stop_finishers()
         if self.error is not None:
             raise self.error
         self._start()
+
+    def _stop_finishers(self) -> None:
+        for _ in self.finishers:
+            self.finishing.put(None)
+        for t in self.finishers:
+            t.join()
 
     def abort(self) -> None:
         self._fail(self.error or RuntimeError("aborted"))
@@ -177,8 +188,7 @@ class _Packer:
             for pack in self.packs.values():
                 pack.abort()
             self.packs.clear()
-        self.finishing.put(None)
-        self.finisher.join()
+        self._stop_finishers()
 
 
 class _Worker:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Protocol
 
@@ -21,13 +21,14 @@ class Backend(Protocol):
     `staging_dir` is where writers prepare files for `put` (same file system
     as the repository for the local back end, so `put` is a rename).
     `get(..., cache=True)` marks a range worth keeping in a local cache (tree
-    groups); back ends without one ignore it.
+    groups), and `put(..., cache_ranges=...)` the ranges of a new pack worth
+    keeping from the start; back ends without a cache ignore both.
     """
 
     location: str
     staging_dir: Path
 
-    def put(self, name: str, data: bytes | Path) -> None: ...
+    def put(self, name: str, data: bytes | Path, *, cache_ranges: Sequence[tuple[int, int]] = ()) -> None: ...
 
     def get(self, name: str, offset: int = 0, length: int | None = None, *, cache: bool = False) -> bytes: ...
 

@@ -4,7 +4,8 @@ incremental backup do not download it again.
 Cached: whole `index/`, `snapshots/` and `keys/` objects — each named by the
 SHA-256 of its bytes, which a cached copy is checked against on every read —
 and the byte ranges of tree groups a caller asks to cache (`get(...,
-cache=True)`), stored with their own SHA-256. Everything else (data packs,
+cache=True)`, or `put(..., cache_ranges=...)` as a new tree pack is stored),
+kept with their own SHA-256. Everything else (data packs,
 locks, config) always comes from the back end. Files are written under a
 temporary name and renamed, so processes sharing the cache never see half a
 file; the whole directory can be deleted at any time. Least recently used
@@ -19,7 +20,7 @@ import logging
 import os
 import secrets
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from sidecar.repo.backends.base import Backend
@@ -44,10 +45,16 @@ class CachedBackend:
 
     # ---- the protocol --------------------------------------------------------------------------
 
-    def put(self, name: str, data: bytes | Path) -> None:
+    def put(self, name: str, data: bytes | Path, *, cache_ranges: Sequence[tuple[int, int]] = ()) -> None:
+        kept = []
+        if cache_ranges and isinstance(data, Path):  # read before the back end takes the file
+            with open(data, "rb") as f:
+                kept = [(offset, length, os.pread(f.fileno(), length, offset)) for offset, length in cache_ranges]
         self.inner.put(name, data)
-        if isinstance(data, bytes) and name.startswith(WHOLE):
-            self._store(self._whole_path(name), data)
+        if not isinstance(data, Path) and name.startswith(WHOLE):
+            self._store(self._whole_path(name), bytes(data))
+        for offset, length, chunk in kept:
+            self._store(self._range_path(name, offset, length), hashlib.sha256(chunk).digest() + chunk)
 
     def get(self, name: str, offset: int = 0, length: int | None = None, *, cache: bool = False) -> bytes:
         if name.startswith(WHOLE):
@@ -63,7 +70,7 @@ class CachedBackend:
                 self.inner.get(name, offset, length) if offset + length > len(data) else data[offset : offset + length]
             )
         if cache and length is not None:
-            path = self.dir / "ranges" / f"{name.replace('/', '_')}-{offset}-{length}"
+            path = self._range_path(name, offset, length)
             data = self._load_range(path)
             if data is None:
                 data = self.inner.get(name, offset, length)
@@ -90,6 +97,9 @@ class CachedBackend:
 
     def _whole_path(self, name: str) -> Path:
         return self.dir / name
+
+    def _range_path(self, name: str, offset: int, length: int) -> Path:
+        return self.dir / "ranges" / f"{name.replace('/', '_')}-{offset}-{length}"
 
     def _load(self, path: Path, expected: str) -> bytes | None:
         try:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import os
 import secrets
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from sidecar.errors import disk_full
@@ -40,7 +40,7 @@ class LocalBackend:
             parent.mkdir(parents=True, exist_ok=True)
             self._made_dirs.add(parent)
 
-    def put(self, name: str, data: bytes | Path) -> None:
+    def put(self, name: str, data: bytes | Path, *, cache_ranges: Sequence[tuple[int, int]] = ()) -> None:
         dest = self._path(name)
         self._parent(dest)
         try:

@@ -26,7 +26,7 @@ import hashlib
 import logging
 import os
 import threading
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -150,12 +150,14 @@ class S3Backend:
             max_pool_connections=max(settings.connections * 2, 10),
             connect_timeout=settings.connect_timeout,
             read_timeout=settings.read_timeout,
-            s3={"addressing_style": settings.addressing},
+            # Content-MD5 (signed) covers the body: no second hash of it for the signature, even over http
+            s3={"addressing_style": settings.addressing, "payload_signing_enabled": False},
             # our own Content-MD5 on every PUT; no streaming (aws-chunked) bodies
             request_checksum_calculation="when_required",
             response_checksum_validation="when_required",
         )
         self._client = boto3.session.Session().client("s3", endpoint_url=settings.endpoint_url, config=config)
+        self.upload_threads = 2  # packs a backup worker uploads at once (each big one in parts besides)
         self._pool: ThreadPoolExecutor | None = None
         self._pool_lock = threading.Lock()
 
@@ -197,7 +199,7 @@ class S3Backend:
 
     # ---- the protocol --------------------------------------------------------------------------
 
-    def put(self, name: str, data: bytes | Path) -> None:
+    def put(self, name: str, data: bytes | Path, *, cache_ranges: Sequence[tuple[int, int]] = ()) -> None:
         key = self._key(name)
         extra = {}
         if self.settings.storage_class and name.startswith("data/"):
