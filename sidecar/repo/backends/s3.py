@@ -4,7 +4,8 @@
 inherit it): BACKUP_S3_ENDPOINT_URL (else boto3's own AWS_ENDPOINT_URL_S3 /
 AWS_ENDPOINT_URL), BACKUP_S3_REGION (else AWS_REGION / AWS_DEFAULT_REGION, else
 us-east-1), BACKUP_S3_ADDRESSING (auto, path, virtual), BACKUP_S3_STORAGE_CLASS
-(data packs only; metadata stays STANDARD), BACKUP_S3_CONNECTIONS (default 4),
+(data packs only; metadata stays STANDARD), BACKUP_S3_CONNECTIONS (uploads at once
+per backup, spread over its worker processes, and parts at once of a big object; 4),
 BACKUP_S3_MAX_ATTEMPTS (default 10). Credentials come from the usual AWS chain.
 
 Every PUT carries Content-MD5: a body damaged on the way is refused by the
@@ -157,7 +158,10 @@ class S3Backend:
             response_checksum_validation="when_required",
         )
         self._client = boto3.session.Session().client("s3", endpoint_url=settings.endpoint_url, config=config)
-        self.upload_threads = 2  # packs a backup worker uploads at once (each big one in parts besides)
+        # packs a backup worker uploads at once: `connections` spread over the workers of a backup
+        from sidecar.repo.workerproc import worker_count
+
+        self.upload_threads = max(1, settings.connections // worker_count())
         self._pool: ThreadPoolExecutor | None = None
         self._pool_lock = threading.Lock()
 
