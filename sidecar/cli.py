@@ -568,6 +568,36 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
     return EXIT_OK
 
 
+def cmd_config_show(args: argparse.Namespace, settings: Settings) -> int:
+    from sidecar.configfile import effective
+
+    config = args.loaded_config
+    rows = effective(config, os.environ)
+    if args.json:
+        _print_json(
+            {
+                "file": str(config.path) if config.path else None,
+                "settings": {k: {"value": v, "from": s} for k, v, s in rows},
+            }
+        )
+        return EXIT_OK
+    print(f"# configuration file: {config.path or 'none'}; secrets masked; the environment overrides the file")
+    print("backup:")
+    section = None
+    for key, value, source in rows:
+        if key == "(repository)":
+            print(f"# repository in use: {value}  ({source})")
+            continue
+        head, _, leaf = key.rpartition(".")
+        if head != section:
+            if head:
+                print(f"  {head}:")
+            section = head
+        indent = "    " if head else "  "
+        print(f"{indent}{leaf}: {json.dumps(value)}" + ("" if source == "file" else f"  # {source}"))
+    return EXIT_OK
+
+
 def repository_info(url: str, repo: Repository) -> RepositoryInfo:
     from sidecar.catalog import RepositoryInfo
 
@@ -581,7 +611,9 @@ def repository_info(url: str, repo: Repository) -> RepositoryInfo:
 def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--repo", help="repository: a path (default: BACKUP_REPOSITORY or <data dir>/repository)")
     p.add_argument("--password-file", help="file holding the encryption key (default: BACKUP_ENCRYPTION_KEY)")
-    p.add_argument("--config", help="configuration file (reserved; settings come from the environment)")
+    p.add_argument(
+        "--config", help="configuration file (default: BACKUP_CONFIG, else /etc/websoft9-backup/backup.yaml if present)"
+    )
     p.add_argument("--debug", action="store_true", help="show tracebacks")
 
 
@@ -599,6 +631,10 @@ def build_parser() -> argparse.ArgumentParser:
         return p
 
     command("init", cmd_init, "create a repository")
+
+    p = command("config", cmd_config_show, "show the effective configuration (file and environment; secrets masked)")
+    p.add_argument("config_command", choices=["show"], help="show")
+    p.add_argument("--json", action="store_true")
 
     p = command("backup", cmd_backup, "back up directories (or stdin) into one snapshot")
     p.add_argument("--path", action="append", default=[], help="directory to back up (repeatable)")
@@ -732,6 +768,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "key" and args.key_command == "remove" and not args.key_id:
         parser.error("key remove needs a key id")
     try:
+        from sidecar.configfile import load_into_environment
+
+        config = load_into_environment(args.config)  # its values become the defaults of the variables
+        for note in config.notes:
+            logging.getLogger("sidecar.config").warning("%s", note)
+        args.loaded_config = config
         settings = Settings.from_env()
         return args.handler(args, settings)
     except BackupError as exc:

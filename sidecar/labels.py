@@ -18,9 +18,10 @@ from __future__ import annotations
 
 import difflib
 import math
+import os
 import re
 from collections.abc import Callable, Mapping
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 from croniter import croniter
@@ -112,11 +113,17 @@ class Retention:
         return {f.name: value for f in fields(self) if (value := getattr(self, f.name)) is not None}
 
 
+def default_backup_type() -> str:
+    """`defaults.backup_type` of the configuration (BACKUP_DEFAULT_BACKUP_TYPE), else incremental."""
+    value = os.environ.get("BACKUP_DEFAULT_BACKUP_TYPE", "").strip().lower()
+    return value if value in BACKUP_TYPES else "incremental"
+
+
 @dataclass(frozen=True)
 class AppPolicy:
     enabled: bool = False
     schedule: str | None = None
-    backup_type: str = "incremental"
+    backup_type: str = field(default_factory=default_backup_type)
     retention: Retention | None = None
     storage: str | None = None
     volumes: tuple[str, ...] | None = None

@@ -22,7 +22,7 @@ from stat import S_ISREG
 from typing import BinaryIO, Protocol
 
 from sidecar import __version__
-from sidecar.errors import BackupCreateFailed, InvalidRequest
+from sidecar.errors import BackupCreateFailed, InvalidRequest, QuotaExceeded
 from sidecar.repo import tree
 from sidecar.repo.blobwriter import BlobWriter, FileBatch
 from sidecar.repo.fsmeta import XattrReader, entry_from_stat, file_line_head
@@ -57,6 +57,17 @@ class BackupOptions:
     # store worker processes; each also runs two encoder threads, so one core is left to
     # the parent (measured on 2 cores: 1 worker 11.2-12.7 s and 190 MiB, 2 workers 12.5-13.9 s and 280 MiB)
     workers: int | None = None
+    # limits.max_backup_size_gb (BACKUP_MAX_BACKUP_SIZE_GB): a bigger backup is refused, nothing recorded
+    max_bytes: int | None = field(default_factory=lambda: size_limit_from_env())
+
+
+def size_limit_from_env() -> int | None:
+    text = os.environ.get("BACKUP_MAX_BACKUP_SIZE_GB", "").strip()
+    if not text:
+        return None
+    if not text.isdigit() or int(text) < 1:
+        raise InvalidRequest(f"BACKUP_MAX_BACKUP_SIZE_GB: must be a whole number of GB from 1, got {text!r}")
+    return int(text) * 10**9
 
 
 class _ParentCursor:
@@ -129,6 +140,18 @@ class BackupSession:
         except BaseException:
             self.abort()
             raise
+
+    def check_size(self) -> None:
+        """QuotaExceeded once the data read so far is over `max_bytes`."""
+        limit = self.options.max_bytes
+        if limit is None:
+            return
+        total = sum(s.bytes for s in self._stats)
+        if total > limit:
+            raise QuotaExceeded(
+                f"backup of {self.options.app_id} is over limits.max_backup_size_gb ({limit / 1e9:g} GB): "
+                f"{total / 1e9:.1f} GB read so far; nothing was recorded"
+            )
 
     @property
     def writer(self) -> BlobWriter:
@@ -238,6 +261,9 @@ class BackupSession:
         for chunk in self.repo.chunker.split_stream(stream):
             blobs.append(self.writer.store(DATA, chunk, key).hex())
             size += len(chunk)
+            stats.bytes = size
+            if self.options.max_bytes is not None:
+                self.check_size()
             if self.progress:
                 self.progress.add(0, len(chunk))
         now_ns = time.time_ns()
@@ -267,6 +293,7 @@ class BackupSession:
         """Store all data and its index, then the snapshot record."""
         if not self.sources:
             raise InvalidRequest("nothing to back up: no sources were added")
+        self.check_size()
         try:
             self.writer.finish()
             self._lock.check()
@@ -323,6 +350,7 @@ class _TreeScan:
 
     def _flush_batch(self) -> None:
         if self.batch.files:
+            self.session.check_size()
             self.writer.submit_files(self.batch)
             self.batch = FileBatch(self.key, self.in_memory)
 
