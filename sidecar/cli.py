@@ -46,7 +46,24 @@ def _passphrase(args: argparse.Namespace, *, confirm: bool = False) -> bytes:
     env = os.environ.get("BACKUP_ENCRYPTION_KEY")
     if env:
         return env.encode()
+    from_file = _secret_file("BACKUP_ENCRYPTION_KEY_FILE")
+    if from_file:
+        return from_file.encode()
     return _prompt("encryption key: ", confirm)
+
+
+def _secret_file(name: str) -> str | None:
+    """A secret from the file a `<NAME>_FILE` variable names (Docker/compose secrets)."""
+    path = os.environ.get(name)
+    if not path:
+        return None
+    try:
+        value = Path(path).read_text().rstrip("\r\n")
+    except OSError as exc:
+        raise InvalidRequest(f"{name}: cannot read {path}: {exc.strerror}") from None
+    if not value:
+        raise InvalidRequest(f"{name}: {path} is empty")
+    return value
 
 
 def _prompt(label: str, confirm: bool) -> bytes:
@@ -544,7 +561,7 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
     options = ServeOptions(
         host=host,
         port=port,
-        api_key=os.environ.get("BACKUP_API_KEY") or None,
+        api_key=os.environ.get("BACKUP_API_KEY") or _secret_file("BACKUP_API_KEY_FILE"),
         insecure_no_auth=args.insecure_no_auth,
         max_concurrent=schedule.max_concurrent,
         grace=args.grace,
@@ -552,6 +569,17 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
         scheduler=None if args.no_scheduler else schedule,
     )
     url = _repo_url(args, settings)
+    if args.init:  # a container's first start: make the repository the settings name
+        backend = open_backend(url)
+        if not backend.exists("config"):
+            if hasattr(backend, "create_bucket"):
+                backend.create_bucket()
+            made = Repository.init(backend, _passphrase(args), compression_level=settings.compression_level)
+            logging.getLogger("sidecar.serve").warning(
+                "created repository %s at %s; keep the encryption key safe: without it no backup can be read",
+                made.config["id"][:8],
+                backend.location,
+            )
     first = _open(args, settings)  # unlocks the key once; each job opens the repository with it
     master = first.key
 
@@ -746,6 +774,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-docker", action="store_true", help="no Docker: the API serves backups only, no apps")
     p.add_argument("--grace", type=float, default=60.0, metavar="SECONDS", help="for running jobs at shutdown")
     p.add_argument("--no-scheduler", action="store_true", help="run no scheduled backups or prunes (API only)")
+    p.add_argument("--init", action="store_true", help="create the repository first if there is none (containers)")
 
     p = command("unlock", cmd_unlock, "remove stale locks")
     p.add_argument("--remove-all", action="store_true", help="remove every lock, not only stale ones")
