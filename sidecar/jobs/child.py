@@ -49,7 +49,7 @@ def run_in_child(spec: ChildSpec, kind: str, args: dict[str, Any], progress: Any
     parent, child = socket.socketpair()
     with child:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "sidecar.jobs.child", str(child.fileno())],
+            [sys.executable, "-m", "sidecar.jobs.child", str(child.fileno()), str(os.getpid())],
             pass_fds=(child.fileno(),),
             stdin=subprocess.DEVNULL,
             env=_worker_env(),
@@ -102,11 +102,13 @@ class _Relay:
         self._conn.send(("phase", phase, done, total))
 
 
-def _die_with_parent() -> None:
+def _die_with_parent(parent: int) -> None:
     with contextlib.suppress(OSError, AttributeError):
         libc = ctypes.CDLL("libc.so.6", use_errno=True)
         libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-    if os.getppid() == 1:  # the parent died before that took effect
+    # the parent died before that took effect (compared with its pid: in a container the
+    # parent, `serve`, is often pid 1 itself)
+    if os.getppid() != parent:
         os._exit(1)
 
 
@@ -144,10 +146,10 @@ def _run(spec: ChildSpec, kind: str, args: dict[str, Any], relay: _Relay) -> Any
     raise BackupError(f"unknown job kind {kind!r}")
 
 
-def child_main(conn: Connection) -> None:
+def child_main(conn: Connection, parent: int) -> None:
     import logging
 
-    _die_with_parent()
+    _die_with_parent(parent)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s: %(message)s")
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides
     nice = os.environ.get("BACKUP_JOB_NICE", "")
@@ -165,4 +167,4 @@ def child_main(conn: Connection) -> None:
 
 
 if __name__ == "__main__":
-    child_main(Connection(int(sys.argv[1])))
+    child_main(Connection(int(sys.argv[1])), int(sys.argv[2]))

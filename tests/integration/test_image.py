@@ -77,7 +77,8 @@ class Sidecar:
             return exc.code, json.loads(exc.read())
 
     def logs(self) -> str:
-        return subprocess.run(["docker", "logs", self.name], capture_output=True, text=True).stdout[-5000:]
+        out = subprocess.run(["docker", "logs", self.name], capture_output=True, text=True)
+        return (out.stdout + out.stderr)[-20000:]
 
     def health(self) -> str:
         out = subprocess.run(
@@ -162,7 +163,7 @@ def test_backup_damage_and_restore_through_the_real_container(sidecar_image, com
         after = compose.exec("web", "cd /var/www/html/wp-content/uploads && find . -exec stat -c '%n %s %u:%g %a' {} +")
         assert sorted(after.splitlines()) == sorted(before.splitlines())
         assert compose.exec("web", "cat /var/www/html/wp-content/uploads/2026/11/a.jpg") == "photo\n"
-        assert mariadb(db, "SELECT title FROM wp.posts").strip() == "Hello from the container test"
+        assert mariadb(db, "SELECT title FROM wp.posts").splitlines() == ["title", "Hello from the container test"]
         assert "junk" not in mariadb(db, "SHOW DATABASES")
         logs = sidecar.logs()
         for secret in (key, (secret_dir / "encryption_key").read_text().strip(), ROOT_PW):

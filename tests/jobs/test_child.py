@@ -100,3 +100,21 @@ def test_the_key_is_not_in_the_childs_arguments_or_environment_and_its_death_is_
     thread.join(60)
     assert outcome and isinstance(outcome[0], BackupError)
     assert "ended unexpectedly (exit status -9)" in str(outcome[0])
+
+
+def test_a_child_whose_parent_is_not_the_one_that_started_it_exits_at_once():
+    """It compares its parent's pid with the one it was given (in a container `serve` is often
+    pid 1, so "my parent is pid 1" cannot mean "my parent died")."""
+    import socket
+    import subprocess
+    import sys
+
+    from sidecar.repo.workerproc import _worker_env
+
+    parent, child = socket.socketpair()
+    with parent, child:
+        stranger = subprocess.run(
+            [sys.executable, "-m", "sidecar.jobs.child", str(child.fileno()), "1"],
+            pass_fds=(child.fileno(),), env=_worker_env(), timeout=60,
+        )  # fmt: skip
+    assert stranger.returncode == 1
