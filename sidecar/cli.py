@@ -788,10 +788,9 @@ def _on_sigterm(signum: int, frame: object) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=logging.DEBUG if args.debug else logging.WARNING,
-        format="%(levelname)s %(name)s: %(message)s" if args.debug else "%(levelname)s: %(message)s",
-    )
+    from sidecar import logs
+
+    logs.setup(logging.DEBUG if args.debug else logging.WARNING, debug=args.debug)
     signal.signal(signal.SIGTERM, _on_sigterm)
     limit_arenas(mmap_threshold=1 << 20)
     if args.command == "key" and args.key_command == "remove" and not args.key_id:
@@ -800,6 +799,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         from sidecar.configfile import load_into_environment
 
         config = load_into_environment(args.config)  # its values become the defaults of the variables
+        if config.applied.get("BACKUP_LOG_FORMAT"):
+            logs.setup(logging.DEBUG if args.debug else logging.WARNING, debug=args.debug)  # the file's format
         for note in config.notes:
             logging.getLogger("sidecar.config").warning("%s", note)
         args.loaded_config = config

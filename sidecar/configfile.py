@@ -80,6 +80,7 @@ KEYS: tuple[Key, ...] = (
     Key("scheduler.retry_backoff", str, "BACKUP_SCHEDULER_RETRY_BACKOFF"),
     Key("prune.schedule", str, "BACKUP_PRUNE_SCHEDULE"),
     Key("cache.max_mb", int, "BACKUP_CACHE_MAX_MB", low=16, high=10_000_000),
+    Key("log.format", str, "BACKUP_LOG_FORMAT", choices=("text", "json")),
 )
 BY_PATH = {k.path: k for k in KEYS}
 # keys that stand for a variable together with others (see _derive)

@@ -56,7 +56,9 @@ def run_in_child(spec: ChildSpec, kind: str, args: dict[str, Any], progress: Any
         )
     conn = Connection(parent.detach())
     try:
-        conn.send((spec, kind, args))
+        from sidecar.logs import app_id_var, job_id_var
+
+        conn.send((spec, kind, args, job_id_var.get(), app_id_var.get()))
         while True:
             try:
                 msg = conn.recv()
@@ -149,15 +151,18 @@ def _run(spec: ChildSpec, kind: str, args: dict[str, Any], relay: _Relay) -> Any
 def child_main(conn: Connection, parent: int) -> None:
     import logging
 
+    from sidecar import logs
+
     _die_with_parent(parent)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s: %(message)s")
+    logs.setup(logging.INFO)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides
     nice = os.environ.get("BACKUP_JOB_NICE", "")
     if nice.isdigit() and 0 < int(nice) <= 19:
         os.nice(int(nice))
-    spec, kind, args = conn.recv()
+    spec, kind, args, job_id, app_id = conn.recv()
     try:
-        result = _run(spec, kind, args, _Relay(conn))
+        with logs.job_context(job_id, app_id):
+            result = _run(spec, kind, args, _Relay(conn))
     except BackupError as exc:
         conn.send(("error", exc))
     except BaseException as exc:  # as the message only: a traceback could hold anything

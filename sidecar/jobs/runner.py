@@ -17,6 +17,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 
 from sidecar.catalog.records import Catalog
 from sidecar.errors import AppBusy, BackupError
+from sidecar.logs import job_context
 
 log = logging.getLogger(__name__)
 
@@ -95,7 +96,8 @@ class JobRunner:
         failure: BackupError | None = None
         try:
             catalog.start_job(job_id)
-            result = fn(JobProgress(catalog, job_id))
+            with job_context(job_id, app_id):
+                result = fn(JobProgress(catalog, job_id))
         except BackupError as exc:
             failure = exc
         except Exception as exc:

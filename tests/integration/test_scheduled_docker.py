@@ -4,6 +4,7 @@ two minutes of wall time: cron's resolution is a minute); CI runs it."""
 
 from __future__ import annotations
 
+import json
 import signal
 import time
 
@@ -32,7 +33,7 @@ def test_an_app_labelled_every_minute_is_backed_up_every_minute(compose, tmp_pat
     repo = tmp_path / "repo"
     env = {"BACKUP_DATA_DIR": str(tmp_path / "data")}
     assert run_cli("init", "--repo", repo, env=env).code == 0
-    served = Served(tmp_path, repo, env={"BACKUP_PRUNE_SCHEDULE": "off"})
+    served = Served(tmp_path, repo, env={"BACKUP_PRUNE_SCHEDULE": "off", "BACKUP_LOG_FORMAT": "json"})
     try:
         served.wait_ready()
         app = next(a for a in served.call(f"{PREFIX}/apps")[1]["data"]["items"] if a["app_id"] == compose.name)
@@ -68,7 +69,12 @@ def test_an_app_labelled_every_minute_is_backed_up_every_minute(compose, tmp_pat
         assert "scheduled" in rows[0]["tags"]
         metrics = served.call("/metrics", key=None)[1]
         assert f'backup_scheduled_runs_total{{app_id="{compose.name}",outcome="completed"}}' in metrics
-        assert "scheduled backup started" in served.output()
+        # JSON log lines; those of the backups (written in the jobs' own processes) name job and app
+        records = [json.loads(line) for line in served.output().splitlines() if line.strip()]
+        assert any("scheduled backup started" in r["message"] for r in records)
+        saved = [r for r in records if "snapshot" in r["message"] and "saved" in r["message"]]
+        assert saved and all(r.get("app_id") == compose.name and r.get("job_id") for r in saved)
+        assert {r["job_id"] for r in saved} >= set(completed)
         assert served.stop(signal.SIGTERM) == 0
     finally:
         served.stop(signal.SIGKILL)
