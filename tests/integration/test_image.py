@@ -128,7 +128,8 @@ def test_backup_damage_and_restore_through_the_real_container(sidecar_image, com
          "-v", "/var/lib/docker/volumes:/var/lib/docker/volumes",
          "-v", f"{tmp_path / 'data'}:/var/lib/websoft9-backup",
          "-v", f"{secret_dir}:/run/secrets:ro",
-         "-e", "BACKUP_API_KEY_FILE=/run/secrets/api_key", "-e", "BACKUP_ENCRYPTION_KEY_FILE=/run/secrets/encryption_key",
+         "-e", "BACKUP_API_KEY_FILE=/run/secrets/api_key",
+         "-e", "BACKUP_ENCRYPTION_KEY_FILE=/run/secrets/encryption_key",
          "-e", f"BACKUP_API_LISTEN=127.0.0.1:{port}", "--health-interval", "2s", sidecar_image],
         capture_output=True, text=True,
     )  # fmt: skip
