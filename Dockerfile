@@ -7,15 +7,10 @@
 #   pip wheel . -w .wheelhouse
 #   docker build --build-arg WHEELHOUSE=.wheelhouse -t websoft9-backup .
 ARG BASE_IMAGE=python:3.11-slim
-FROM ${BASE_IMAGE}
 
+# ---- build: the package and its dependencies in a venv (the sources and wheels stay here)
+FROM ${BASE_IMAGE} AS build
 ARG WHEELHOUSE=
-ENV PYTHONDONTWRITEBYTECODE=1 \
-    PYTHONUNBUFFERED=1 \
-    PATH=/opt/websoft9-backup/bin:$PATH \
-    BACKUP_DATA_DIR=/var/lib/websoft9-backup \
-    BACKUP_API_LISTEN=0.0.0.0:8080
-
 COPY . /src
 RUN python3 -m venv /opt/websoft9-backup \
  && if [ -n "$WHEELHOUSE" ]; then \
@@ -23,8 +18,17 @@ RUN python3 -m venv /opt/websoft9-backup \
     else \
         /opt/websoft9-backup/bin/pip install --no-cache-dir /src; \
     fi \
- && rm -rf /src \
- && groupadd --system --gid 10001 w9backup \
+ && /opt/websoft9-backup/bin/pip uninstall -y -q setuptools pip
+
+# ---- the image
+FROM ${BASE_IMAGE}
+ENV PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    PATH=/opt/websoft9-backup/bin:$PATH \
+    BACKUP_DATA_DIR=/var/lib/websoft9-backup \
+    BACKUP_API_LISTEN=0.0.0.0:8080
+COPY --from=build /opt/websoft9-backup /opt/websoft9-backup
+RUN groupadd --system --gid 10001 w9backup \
  && useradd --system --uid 10001 --gid 10001 --home-dir /var/lib/websoft9-backup --no-create-home w9backup \
  && mkdir -p /var/lib/websoft9-backup /etc/websoft9-backup \
  && chown 10001:10001 /var/lib/websoft9-backup

@@ -57,6 +57,9 @@ def sidecar_image(docker_client) -> str:
         capture_output=True, text=True, timeout=900,
     )  # fmt: skip
     assert build.returncode == 0, build.stdout[-2000:] + build.stderr[-3000:]
+    # small: the venv only (no sources, wheels, pip or build tools), well under 150 MB over its base
+    added = docker_client.images.get(IMAGE).attrs["Size"] - docker_client.images.get(PYBASE).attrs["Size"]
+    assert added < 150e6, f"the image adds {added / 1e6:.0f} MB to its base"
     return IMAGE
 
 
