@@ -793,6 +793,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     logs.setup(logging.DEBUG if args.debug else logging.WARNING, debug=args.debug)
     signal.signal(signal.SIGTERM, _on_sigterm)
     limit_arenas(mmap_threshold=1 << 20)
+    # what this program creates is its owner's alone: repository objects and directories (0600/0700),
+    # the catalog, caches, exports; restored files get the modes the snapshot holds
+    os.umask(0o077)
     if args.command == "key" and args.key_command == "remove" and not args.key_id:
         parser.error("key remove needs a key id")
     try:
