@@ -15,6 +15,25 @@ from pathlib import Path
 from sidecar.errors import InvalidRequest
 
 
+def env_int(env: Mapping[str, str], name: str, default: int, low: int, high: int) -> int:
+    """A whole-number setting from the environment; InvalidRequest naming the variable."""
+    text = (env.get(name) or "").strip()
+    if not text:
+        return default
+    if not text.isdigit() or not low <= int(text) <= high:
+        raise InvalidRequest(f"{name}: must be a whole number from {low} to {high}, got {text!r}")
+    return int(text)
+
+
+def env_flag(env: Mapping[str, str], name: str, default: bool) -> bool:
+    text = (env.get(name) or "").strip().lower()
+    if not text:
+        return default
+    if text not in ("true", "false", "1", "0", "yes", "no"):
+        raise InvalidRequest(f"{name}: must be true or false, got {text!r}")
+    return text in ("true", "1", "yes")
+
+
 def default_data_dir(env: Mapping[str, str]) -> Path:
     if os.geteuid() == 0:
         return Path("/var/lib/websoft9-backup")

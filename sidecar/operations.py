@@ -115,7 +115,7 @@ class Operations:
         """The app's label schedule and API schedules, each with its next run (and, from the
         running scheduler, whether a run is queued and how the last one ended)."""
         from sidecar.catalog.models import BackupSchedule
-        from sidecar.jobs.timing import iso_z, next_run, timing_of_fields, timing_of_label
+        from sidecar.jobs.timing import timing_of_fields, timing_of_label
 
         found: list[tuple[str, str, Callable[[], Any]]] = []
         if app.policy.schedule:
@@ -126,23 +126,23 @@ class Operations:
             found.append((row.schedule_id, "api", lambda f=fields: timing_of_fields(*f)))
         out = []
         for key, source, timing in found:
-            doc: dict[str, Any] = {"schedule_id": key, "source": source}
-            if self.scheduler is not None:
-                doc.update(self.scheduler.describe(key))
-            elif app.policy.errors or (source == "label" and not app.policy.enabled):
-                doc["next_run"] = None
-            else:  # no scheduler here (a CLI or a test): when it would run
-                try:
-                    doc["next_run"] = iso_z(next_run(timing(), datetime.now(UTC), self.tz))
-                except (InvalidRequest, ValueError):
-                    doc["next_run"] = None
-            out.append(doc)
+            runnable = not app.policy.errors and (source == "api" or app.policy.enabled)
+            out.append(
+                {"schedule_id": key, "source": source, **self.schedule_status(key, timing if runnable else None)}
+            )
         return out
 
-    def schedule_status(self, key: str) -> dict:
-        if self.scheduler is None:
-            return {}
-        return self.scheduler.describe(key)
+    def schedule_status(self, key: str, timing: Callable[[], Any] | None) -> dict:
+        """The running scheduler's view of a schedule; without one (a CLI, a test) only when it
+        would run next (`timing` None: it would not run)."""
+        from sidecar.jobs.timing import iso_z, next_run
+
+        if self.scheduler is not None:
+            return self.scheduler.describe(key)
+        try:
+            return {"next_run": None if timing is None else iso_z(next_run(timing(), datetime.now(UTC), self.tz))}
+        except (InvalidRequest, ValueError):
+            return {"next_run": None}
 
     def _job_context(self, repo: Repository):
         from sidecar.docker.volumes import VolumeAccess

@@ -70,18 +70,11 @@ def _label_schedules(app_id: str | None) -> list[dict]:
 
 def _with_status(row) -> dict:  # type: ignore[no-untyped-def]
     """An API schedule with its next run (and queue state and last outcome, from the scheduler)."""
-    from datetime import UTC, datetime
+    from sidecar.jobs.timing import timing_of_fields
 
-    from sidecar.jobs.timing import iso_z, next_run, timing_of_fields
-
-    ops = operations()
-    doc = schedules.schedule_to_dict(row)
-    if ops.scheduler is not None:
-        doc.update(ops.scheduler.describe(row.schedule_id))
-        return doc
-    timing = timing_of_fields(row.frequency, row.time, row.day_of_week, row.day_of_month, row.cron)
-    doc["next_run"] = iso_z(next_run(timing, datetime.now(UTC), ops.tz)) if row.enabled else None
-    return doc
+    fields = (row.frequency, row.time, row.day_of_week, row.day_of_month, row.cron)
+    timing = (lambda: timing_of_fields(*fields)) if row.enabled else None
+    return {**schedules.schedule_to_dict(row), **operations().schedule_status(row.schedule_id, timing)}
 
 
 def _changed() -> None:

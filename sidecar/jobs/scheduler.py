@@ -38,7 +38,7 @@ from typing import Any, Protocol
 from peewee import PeeweeException
 
 from sidecar.errors import AppNotFound, AppPolicyInvalid, BackupError, InvalidRequest
-from sidecar.jobs.timing import Timing, iso_z, last_run, next_run, runs_between
+from sidecar.jobs.timing import CronTiming, Timing, iso_z, last_run, next_run, runs_between
 from sidecar.repo.retention import RetentionPolicy
 
 log = logging.getLogger(__name__)
@@ -201,6 +201,7 @@ class Scheduler:
         self._dormant: dict[str, str] = {}
         self._pending: dict[str, Run] = {}  # key -> queued run (at most one per schedule)
         self._running: dict[str, Run] = {}
+        self._prune_timing = CronTiming(config.prune_schedule) if config.prune_schedule else None
         self._prune_due: datetime | None = None
         self._prune_job: str | None = None
         self._wake = threading.Event()
@@ -313,12 +314,9 @@ class Scheduler:
         self._pending[plan.key] = Run(plan, due, due + jitter_of(plan.key, self.config.jitter_s))
 
     def _reckon_prune(self, now: datetime) -> None:
-        text = self.config.prune_schedule
-        if not text or self._prune_due is not None:
+        timing = self._prune_timing
+        if timing is None or self._prune_due is not None:
             return
-        from sidecar.jobs.timing import CronTiming
-
-        timing = CronTiming(text)
         state = self.states.get(PRUNE_KEY)
         if state is None or state.timing != timing.text:
             state = _State(timing.text, now)
@@ -456,10 +454,8 @@ class Scheduler:
             when = next_run(plan.timing, now, self.config.tz)
             if when is not None:
                 times.append(when)
-        if self.config.prune_schedule and self._prune_due is None:
-            from sidecar.jobs.timing import CronTiming
-
-            when = next_run(CronTiming(self.config.prune_schedule), now, self.config.tz)
+        if self._prune_timing is not None and self._prune_due is None:
+            when = next_run(self._prune_timing, now, self.config.tz)
             if when is not None:
                 times.append(when)
         return min(times) if times else None

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from datetime import UTC
 from typing import TYPE_CHECKING
 
+from sidecar.config import env_int
 from sidecar.errors import BackupError, InvalidRequest
 from sidecar.jobs.scheduler import Done, Outcome, Planned, Run, SchedulerConfig
 from sidecar.jobs.timing import timing_of_fields, timing_of_label, zone
@@ -37,15 +38,6 @@ def _duration(env: Mapping[str, str], name: str, default: float) -> float:
     if value < 0:
         raise InvalidRequest(f"{name}: must not be negative, got {text!r}")
     return value
-
-
-def _count(env: Mapping[str, str], name: str, default: int, low: int, high: int) -> int:
-    text = (env.get(name) or "").strip()
-    if not text:
-        return default
-    if not text.isdigit() or not low <= int(text) <= high:
-        raise InvalidRequest(f"{name}: must be a whole number from {low} to {high}, got {text!r}")
-    return int(text)
 
 
 def config_from_env(env: Mapping[str, str] = os.environ) -> SchedulerConfig:
@@ -75,10 +67,10 @@ def config_from_env(env: Mapping[str, str] = os.environ) -> SchedulerConfig:
         raise InvalidRequest(exc.message) from None
     return SchedulerConfig(
         tz=tz,
-        max_concurrent=_count(env, "BACKUP_MAX_CONCURRENT_BACKUPS", 2, 1, 64),
+        max_concurrent=env_int(env, "BACKUP_MAX_CONCURRENT_BACKUPS", 2, 1, 64),
         jitter_s=_duration(env, "BACKUP_SCHEDULER_JITTER", 0.0),
         catch_up_s=_duration(env, "BACKUP_SCHEDULER_CATCH_UP", 6 * 3600.0),
-        retries=_count(env, "BACKUP_SCHEDULER_RETRIES", 2, 0, 10),
+        retries=env_int(env, "BACKUP_SCHEDULER_RETRIES", 2, 0, 10),
         retry_backoff_s=_duration(env, "BACKUP_SCHEDULER_RETRY_BACKOFF", 60.0),
         prune_schedule=prune_schedule,
         default_retention=retention,

@@ -20,7 +20,7 @@ import logging
 import os
 import secrets
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 from sidecar.repo.backends.base import Backend
@@ -102,28 +102,26 @@ class CachedBackend:
         return self.dir / "ranges" / f"{name.replace('/', '_')}-{offset}-{length}"
 
     def _load(self, path: Path, expected: str) -> bytes | None:
-        try:
-            data = path.read_bytes()
-        except (FileNotFoundError, NotADirectoryError):
-            self.misses += 1
-            return None
-        if hashlib.sha256(data).hexdigest() != expected:
-            log.warning("cache: %s is damaged; reading it from the repository again", path)
-            path.unlink(missing_ok=True)
-            self.misses += 1
-            return None
-        self._touch(path)
-        self.hits += 1
-        return data
+        """A whole object, checked against the SHA-256 its name is."""
+        return self._read(path, lambda raw: raw if hashlib.sha256(raw).hexdigest() == expected else None)
 
     def _load_range(self, path: Path) -> bytes | None:
+        """A range, stored after the SHA-256 of its bytes."""
+
+        def checked(raw: bytes) -> bytes | None:
+            data = raw[32:]
+            return data if len(raw) >= 32 and hashlib.sha256(data).digest() == raw[:32] else None
+
+        return self._read(path, checked)
+
+    def _read(self, path: Path, checked: Callable[[bytes], bytes | None]) -> bytes | None:
         try:
             raw = path.read_bytes()
         except (FileNotFoundError, NotADirectoryError):
             self.misses += 1
             return None
-        digest, data = raw[:32], raw[32:]
-        if len(raw) < 32 or hashlib.sha256(data).digest() != digest:
+        data = checked(raw)
+        if data is None:
             log.warning("cache: %s is damaged; reading it from the repository again", path)
             path.unlink(missing_ok=True)
             self.misses += 1

@@ -32,6 +32,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
+from sidecar.config import env_flag, env_int
 from sidecar.errors import BackupError, InvalidRequest
 from sidecar.repo.backends.base import ObjectNotFound
 
@@ -91,9 +92,9 @@ class S3Settings:
             endpoint_url=env.get("BACKUP_S3_ENDPOINT_URL") or None,
             addressing=addressing,
             storage_class=storage_class,
-            connections=_int(env, "BACKUP_S3_CONNECTIONS", 4, 1, 64),
-            max_attempts=_int(env, "BACKUP_S3_MAX_ATTEMPTS", 10, 1, 50),
-            check_etag=_flag(env, "BACKUP_S3_CHECK_ETAG", True),
+            connections=env_int(env, "BACKUP_S3_CONNECTIONS", 4, 1, 64),
+            max_attempts=env_int(env, "BACKUP_S3_MAX_ATTEMPTS", 10, 1, 50),
+            check_etag=env_flag(env, "BACKUP_S3_CHECK_ETAG", True),
         )
 
     @property
@@ -103,24 +104,6 @@ class S3Settings:
 
 def _b64(digest) -> str:  # type: ignore[no-untyped-def]
     return base64.b64encode(digest.digest()).decode()
-
-
-def _int(env: Mapping[str, str], name: str, default: int, low: int, high: int) -> int:
-    text = (env.get(name) or "").strip()
-    if not text:
-        return default
-    if not text.isdigit() or not low <= int(text) <= high:
-        raise InvalidRequest(f"{name}: must be a whole number from {low} to {high}, got {text!r}")
-    return int(text)
-
-
-def _flag(env: Mapping[str, str], name: str, default: bool) -> bool:
-    text = (env.get(name) or "").strip().lower()
-    if not text:
-        return default
-    if text not in ("true", "false", "1", "0", "yes", "no"):
-        raise InvalidRequest(f"{name}: must be true or false, got {text!r}")
-    return text in ("true", "1", "yes")
 
 
 class _Damaged(Exception):
