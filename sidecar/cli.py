@@ -462,6 +462,36 @@ def cmd_prune(args: argparse.Namespace, settings: Settings) -> int:
     return EXIT_OK
 
 
+def cmd_repair(args: argparse.Namespace, settings: Settings) -> int:
+    from sidecar.repo.repair import repair_index
+
+    repo = _open(args, settings)
+    report = repair_index(repo, read_all_packs=args.read_all_packs, dry_run=args.dry_run, lock_wait=args.lock_wait)
+    if args.json:
+        _print_json(report.to_json())
+    else:
+        for index_id in report.damaged_index_files:
+            print(f"damaged index file {index_id}: replaced")
+        for pack_id in report.missing_packs:
+            print(f"indexed pack {pack_id} is not stored: its entries are dropped")
+        for problem in report.damaged_packs:
+            print(f"error: pack {problem}")
+        verb = "would write" if args.dry_run else "wrote"
+        what = f"{verb} a new index" if report.changed or args.read_all_packs else "the index is complete"
+        print(
+            f"{report.packs} packs, {report.packs_read} headers read, {report.packs_added} packs added to the"
+            f" index, {report.blobs} blobs: {what}" + (f" {report.new_index[:12]}" if report.new_index else "")
+        )
+    if report.damaged_packs:
+        print(
+            f"error: BACKUP_CORRUPTED: {len(report.damaged_packs)} packs have unreadable headers;"
+            " run `check` to see which snapshots and files are affected",
+            file=sys.stderr,
+        )
+        return EXIT_FAILED
+    return EXIT_OK
+
+
 def cmd_export(args: argparse.Namespace, settings: Settings) -> int:
     from sidecar.repo.export import export_snapshot
 
@@ -740,6 +770,19 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="PERCENT",
         help="repack a pack when more than PERCENT of it is unused (default 50)",
     )
+    p.add_argument("--dry-run", action="store_true")
+    p.add_argument(
+        "--lock-wait",
+        type=float,
+        default=0.0,
+        metavar="SECONDS",
+        help="wait this long for running backups (default: refuse at once)",
+    )
+    p.add_argument("--json", action="store_true")
+
+    p = command("repair", cmd_repair, "rebuild a lost or damaged index from the packs' headers (exclusive lock)")
+    p.add_argument("repair_command", choices=["index"])
+    p.add_argument("--read-all-packs", action="store_true", help="read every pack's header, not only unindexed ones")
     p.add_argument("--dry-run", action="store_true")
     p.add_argument(
         "--lock-wait",

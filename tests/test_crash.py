@@ -43,10 +43,13 @@ APP = "crash-app"
 # ---- processes -------------------------------------------------------------------------
 
 
-def start_cli(*args: object, log: Path, stdin: bool = False) -> subprocess.Popen:
+def start_cli(
+    *args: object, log: Path, stdin: bool = False, extra_env: dict[str, str] | None = None
+) -> subprocess.Popen:
     """`python -m sidecar ARGS` in its own process group (session), output to files."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("BACKUP_")}
     env["BACKUP_ENCRYPTION_KEY"] = PASSWORD
+    env.update(extra_env or {})
     with open(log.with_suffix(".out"), "wb") as out, open(log.with_suffix(".err"), "wb") as err:
         return subprocess.Popen(
             [sys.executable, "-m", "sidecar", *map(str, args)],
