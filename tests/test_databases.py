@@ -218,3 +218,60 @@ def test_dump_checks():
         _check("x", plan, 0, 10, b"INSERT INTO", "")
     mongo = dump_plan(spec("mongodb"))
     _check("x", mongo, 0, 10, b"anything", "")  # no trailer to check for an archive
+
+
+# ---- an exact load: databases of the dump are dropped first (MySQL/MariaDB) -------------------
+
+MYSQL_DUMP = (
+    b"-- MariaDB dump 10.19\n"
+    b"/*!40101 SET NAMES utf8mb4 */;\n"
+    b"--\n-- Current Database: `mysql`\n--\n\n"
+    b"CREATE DATABASE /*!32312 IF NOT EXISTS*/ `mysql` /*!40100 DEFAULT CHARACTER SET utf8mb4 */;\n\n"
+    b"USE `mysql`;\n"
+    b"INSERT INTO `db` VALUES " + b"('x','y')," * 2000 + b"('z','w');\n"
+    b"--\n-- Current Database: `app`\n--\n\n"
+    b"CREATE DATABASE /*!32312 IF NOT EXISTS*/ `app` /*!40100 DEFAULT CHARACTER SET utf8mb4 */;\n\n"
+    b"USE `app`;\n"
+    b"INSERT INTO `items` VALUES (1,'CREATE DATABASE `fake`'),"
+    + b"(2,'x')," * 3000
+    + b"(3,'y');\n"
+    + "CREATE DATABASE /*!32312 IF NOT EXISTS*/ `we``ird ü` /*!40100 DEFAULT CHARACTER SET utf8mb4 */;\n".encode()
+    + b"-- Dump completed"
+)
+
+
+def _expected_with_drops(dump: bytes, names: list[bytes]) -> bytes:
+    out = dump
+    for raw in names:
+        line = b"CREATE DATABASE /*!32312 IF NOT EXISTS*/ `" + raw + b"`"
+        out = out.replace(line, b"DROP DATABASE IF EXISTS `" + raw + b"`;\n" + line)
+    return out
+
+
+@pytest.mark.parametrize("block", [1, 7, 100, 4097, 5000, 1 << 20])
+def test_mysql_dump_gets_drop_database_before_each_create(block: int) -> None:
+    import io
+
+    from sidecar.jobs.dumps import DatabaseNames
+
+    names = DatabaseNames(io.BytesIO(MYSQL_DUMP), "mariadb")
+    out = b""
+    while chunk := names.read(block):
+        assert len(chunk) <= block
+        out += chunk
+    # every CREATE DATABASE at a line start is noted (not the text in a row); all but the system
+    # database are dropped first
+    assert names.names == {"mysql", "app", "we`ird ü"}
+    assert out == _expected_with_drops(MYSQL_DUMP, [b"app", "we``ird ü".encode()])
+    assert names.dropped_first == ["app", "we`ird ü"]
+    assert b"DROP DATABASE IF EXISTS `mysql`" not in out
+
+
+def test_postgres_dump_passes_unchanged() -> None:
+    import io
+
+    from sidecar.jobs.dumps import DatabaseNames
+
+    dump = b"DROP DATABASE IF EXISTS app;\nCREATE DATABASE app WITH TEMPLATE = template0;\n\\connect app\n" * 3
+    names = DatabaseNames(io.BytesIO(dump), "postgres")
+    assert names.read() == dump and names.names == {"app"} and names.dropped_first == []

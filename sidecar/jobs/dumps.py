@@ -263,30 +263,85 @@ _CREATE_DATABASE = {
 
 
 class DatabaseNames(io.RawIOBase):
-    """Passes a dump through while noting the databases it creates."""
+    """Passes a dump through while noting the databases it creates.
+
+    For MySQL/MariaDB it also writes `DROP DATABASE IF EXISTS` before each
+    non-system database's `CREATE DATABASE` (what mysqldump's
+    --add-drop-database would have written), so tables, views and routines made
+    after the dump do not survive the restore: the result equals the snapshot.
+    (pg_dumpall --clean drops and re-creates its databases itself.) Works line by
+    line, holding at most one short line back; long lines pass straight through."""
+
+    _HOLD = 4096  # a CREATE DATABASE line is shorter than this
 
     def __init__(self, dump: BinaryIO, engine: str) -> None:
         self._dump = dump
         self._pattern = _CREATE_DATABASE["postgres" if engine == "postgres" else "mysql"]
-        self._carry = b""
+        self._drop = engine != "postgres"
+        self._system = SYSTEM_DATABASES.get(engine, set())
+        self._out = bytearray()  # ready to be read
+        self._pending = b""  # the start of a line whose end has not come yet
+        self._midline = False  # the next bytes continue a line already passed on
+        self._eof = False
         self.names: set[str] = set()
-        self.size = getattr(dump, "size", None)
+        self.dropped_first: list[str] = []
 
     def readable(self) -> bool:
         return True
 
     def read(self, n: int = -1) -> bytes:  # type: ignore[override]
-        data = self._dump.read(n)
-        if data:
-            window = self._carry + data
-            for match in self._pattern.finditer(window):
-                raw = match.group(1)
-                if raw.startswith(b'"'):
-                    raw = raw[1:-1].replace(b'""', b'"')
-                self.names.add(raw.replace(b"``", b"`").decode("utf-8", "replace"))
-            cut = window.rfind(b"\n")
-            self._carry = window[cut + 1 :][-4096:] if cut >= 0 else window[-4096:]
-        return data
+        if n is None or n < 0:
+            chunks = []
+            while chunk := self.read(1 << 20):
+                chunks.append(chunk)
+            return b"".join(chunks)
+        want = max(n, 1)
+        while len(self._out) < want and not self._eof:
+            data = self._dump.read(want)
+            if not data:
+                self._eof = True
+                self._lines(self._pending)
+                self._pending = b""
+                break
+            self._feed(data)
+        out = bytes(self._out[:n])
+        del self._out[:n]
+        return out
+
+    def _feed(self, data: bytes) -> None:
+        window = self._pending + data
+        if self._midline:  # the rest of a long line: passed on as it is
+            cut = window.find(b"\n")
+            if cut < 0:
+                self._out += window
+                self._pending = b""
+                return
+            self._out += window[: cut + 1]
+            window = window[cut + 1 :]
+            self._midline = False
+        cut = window.rfind(b"\n") + 1
+        self._lines(window[:cut])
+        self._pending = window[cut:]
+        if len(self._pending) > self._HOLD and not self._pending.startswith(b"CREATE DATABASE"):
+            self._out += self._pending  # a long line (rows of an INSERT): no CREATE DATABASE in it
+            self._pending = b""
+            self._midline = True
+
+    def _lines(self, text: bytes) -> None:
+        """Complete lines (or the last one at the end of the dump)."""
+        done = 0
+        for match in self._pattern.finditer(text):
+            raw = match.group(1)
+            if raw.startswith(b'"'):
+                raw = raw[1:-1].replace(b'""', b'"')
+            name = raw.replace(b"``", b"`").decode("utf-8", "replace")
+            self.names.add(name)
+            if self._drop and name not in self._system:
+                self._out += text[done : match.start()]
+                self._out += b"DROP DATABASE IF EXISTS `" + raw + b"`;\n"
+                done = match.start()
+                self.dropped_first.append(name)
+        self._out += text[done:]
 
 
 def _client(spec: DbSpec, *args: str) -> tuple[list[str], dict]:
