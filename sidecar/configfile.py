@@ -126,7 +126,8 @@ def _flatten(doc: Any, prefix: str, out: dict[str, Any], errors: list[str]) -> N
         else:
             near = [p for p in BY_PATH if p.split(".")[0] == path.split(".")[0]]
             hint = f" (known here: {', '.join(p.split('.')[-1] for p in near)})" if near else ""
-            errors.append(f"backup.{path}: unknown key{hint}")
+            shown = path if path.isprintable() else path.encode("unicode_escape").decode()  # one line per problem
+            errors.append(f"backup.{shown}: unknown key{hint}")
 
 
 def _typed(key: Key, value: Any) -> tuple[Any, str | None]:
@@ -146,6 +147,8 @@ def _typed(key: Key, value: Any) -> tuple[Any, str | None]:
         text = str(value).strip()
         if not re.fullmatch(r"-?\d+", text):
             return None, f"{where}: must be a whole number, got {value!r}"
+        if len(text) > 30:  # far out of every range (and int() refuses more than 4300 digits)
+            return None, f"{where}: must be from {key.low} to {key.high}, got {text[:30]}..."
         number = int(text)
         if (key.low is not None and number < key.low) or (key.high is not None and number > key.high):
             return None, f"{where}: must be from {key.low} to {key.high}, got {number}"
@@ -177,6 +180,8 @@ def load(path: Path | None, env: Mapping[str, str]) -> LoadedConfig:
         text = path.read_text()
     except OSError as exc:
         raise InvalidRequest(f"configuration file {path}: {exc.strerror}") from None
+    except UnicodeDecodeError as exc:
+        raise InvalidRequest(f"configuration file {path}: not UTF-8 text (byte {exc.start})") from None
     try:
         doc = yaml.safe_load(text)
     except yaml.YAMLError as exc:
@@ -184,6 +189,10 @@ def load(path: Path | None, env: Mapping[str, str]) -> LoadedConfig:
         where = f" (line {mark.line + 1})" if mark is not None else ""
         problem = getattr(exc, "problem", None) or "not valid YAML"
         raise InvalidRequest(f"configuration file {path}{where}: {problem}") from None
+    except RecursionError:
+        raise InvalidRequest(f"configuration file {path}: not valid YAML (nested too deeply)") from None
+    except ValueError as exc:  # a value YAML recognises but cannot build: a date 2024-13-01, a 5000-digit number
+        raise InvalidRequest(f"configuration file {path}: not valid YAML ({str(exc)[:100]})") from None
     errors: list[str] = []
     flat: dict[str, Any] = {}
     if doc is None:

@@ -198,7 +198,7 @@ def parse_retention(text: str) -> Retention:
             raise ValueError(f"unknown retention key {_shorten(name)!r} (expected {', '.join(_RETENTION_KEYS)})")
         if name in counts:
             raise ValueError(f"retention key {name!r} given twice")
-        if not re.fullmatch(r"\d{1,9}", number) or int(number) <= 0:
+        if not re.fullmatch(r"[0-9]{1,9}", number) or int(number) <= 0:
             raise ValueError(f"retention {name}={_shorten(number)!r} is not a positive integer")
         counts[name] = int(number)
     return Retention(**counts)

@@ -32,6 +32,10 @@ def create_app(
             "BACKUP_API_KEY is not set: the API does not start without a key (--insecure-no-auth for local use only)"
         )
     app = Flask("websoft9-backup")
+    # no HTML redirects from an API: "a//b" (an id with an encoded "/") and a trailing "/" are routed
+    # as they are, to the JSON 404 or the route itself
+    app.url_map.merge_slashes = False
+    app.url_map.strict_slashes = False
     app.config.update(OPERATIONS=operations, WAIT_TIMEOUT=wait_timeout, MAX_CONTENT_LENGTH=MAX_BODY)
     app.json.sort_keys = False  # type: ignore[attr-defined]
     register_error_handlers(app)
@@ -47,6 +51,13 @@ def create_app(
         if not hmac.compare_digest(given, expected):
             return error(401, "UNAUTHORIZED", "X-API-Key is wrong")
         return None
+
+    @app.before_request
+    def _no_nul():  # type: ignore[no-untyped-def]
+        """PostgreSQL refuses NUL in text: a 400 naming the parameter, not a 500 from the catalog."""
+        for name, value in [*(request.view_args or {}).items(), *request.args.items(multi=True)]:
+            if isinstance(value, str) and "\x00" in value:
+                raise InvalidRequest(f"{name}: must not contain NUL characters")
 
     for module in (snapshots, apps, jobs, schedules, openapi):
         app.register_blueprint(module.bp, url_prefix=PREFIX)

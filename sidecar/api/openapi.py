@@ -31,6 +31,12 @@ _ERROR_CODES = [
     "INTERNAL_ERROR",
     "NOT_FOUND",
     "METHOD_NOT_ALLOWED",
+    # the repository's own, when it cannot be read (missing, wrong key, newer format, storage away)
+    "REPOSITORY_NOT_FOUND",
+    "WRONG_KEY",
+    "UNSUPPORTED_FORMAT",
+    "STORAGE_UNAVAILABLE",
+    "HTTP_ERROR",
 ]
 
 
@@ -68,8 +74,9 @@ def _response(description: str, data: dict) -> dict:
 
 
 def _errors(*statuses: int) -> dict:
+    """400, 401, the statuses given and 503 (every operation reads the catalog, which may be away)."""
     error = {"description": "error", "content": {"application/json": {"schema": _ref("Error")}}}
-    return {str(s): error for s in (400, 401, *statuses)}
+    return {str(s): error for s in sorted({400, 401, *statuses, 503})}
 
 
 def _body(schema: dict, required: bool = False) -> dict:
@@ -269,11 +276,11 @@ def spec() -> dict:
             "parameters": [backup_id],
             "get": {
                 "summary": "one backup with its sources and stats",
-                "responses": {"200": _response("the backup", _ref("Backup")), **_errors(404)},
+                "responses": {"200": _response("the backup", _ref("Backup")), **_errors(404, 500)},  # 500: as export
             },
             "delete": {
                 "summary": "forget a backup (its data is freed by the next prune)",
-                "responses": {"200": _response("deleted", {"type": "object"}), **_errors(404, 409)},
+                "responses": {"200": _response("deleted", {"type": "object"}), **_errors(404, 409, 500)},
             },
         },
         f"{PREFIX}/snapshots/{{backup_id}}/verify": {
@@ -284,7 +291,7 @@ def spec() -> dict:
                 "responses": {
                     "200": _response("verified", _ref("Job")),
                     "202": _response("started", _ref("Job")),
-                    **_errors(404, 409, 500),
+                    **_errors(404, 409, 413, 500),
                 },
             },
         },
@@ -297,7 +304,7 @@ def spec() -> dict:
                         "description": "tar",
                         "content": {"application/x-tar": {"schema": {"type": "string", "format": "binary"}}},
                     },
-                    **_errors(404),
+                    **_errors(404, 500),  # 500: the repository cannot be read (damaged, wrong key)
                 },
             },
         },
@@ -321,7 +328,7 @@ def spec() -> dict:
                 "responses": {
                     "200": _response("finished (wait=true)", _ref("Backup")),
                     "202": _response("started: the record with status in_progress and job_id", _ref("Backup")),
-                    **_errors(404, 409, 500, 503, 507),
+                    **_errors(404, 409, 413, 500, 503, 507),
                 },
             },
         },
@@ -346,7 +353,7 @@ def spec() -> dict:
                 "responses": {
                     "200": _response("finished (wait=true)", _ref("Job")),
                     "202": _response("started", _ref("Job")),
-                    **_errors(404, 409, 500, 503),
+                    **_errors(404, 409, 413, 500, 503),
                 },
             },
         },
@@ -372,7 +379,7 @@ def spec() -> dict:
             "post": {
                 "summary": "create a schedule",
                 "requestBody": _body(_ref("ScheduleInput"), required=True),
-                "responses": {"201": _response("created", _ref("Schedule")), **_errors()},
+                "responses": {"201": _response("created", _ref("Schedule")), **_errors(413)},
             },
         },
         f"{PREFIX}/schedules/{{schedule_id}}": {
@@ -384,7 +391,7 @@ def spec() -> dict:
             "put": {
                 "summary": "change a schedule (the fields given)",
                 "requestBody": _body(_ref("ScheduleInput"), required=True),
-                "responses": {"200": _response("changed", _ref("Schedule")), **_errors(404)},
+                "responses": {"200": _response("changed", _ref("Schedule")), **_errors(404, 413)},
             },
             "delete": {
                 "summary": "delete a schedule",
@@ -394,7 +401,13 @@ def spec() -> dict:
         f"{PREFIX}/openapi.json": {
             "get": {
                 "summary": "this document",
-                "responses": {"200": {"description": "OpenAPI 3.0", "content": {"application/json": {}}}},
+                "responses": {
+                    "200": {
+                        "description": "OpenAPI 3.0",
+                        "content": {"application/json": {"schema": {"type": "object"}}},
+                    },
+                    "401": _errors()["401"],
+                },
             }
         },
     }

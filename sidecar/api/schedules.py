@@ -24,18 +24,26 @@ def _fields(body: Body, current: schedules.ScheduleFields | None = None) -> sche
         time=body.string("time", base.time, 5) or base.time,
         day_of_week=body.integer("day_of_week", base.day_of_week, 0, 6),
         day_of_month=body.integer("day_of_month", base.day_of_month, 1, 31),
-        cron=body.string("cron", base.cron, 255),
+        cron=_one_spaced(body.string("cron", base.cron, 255)),
         retention_days=body.integer("retention_days", base.retention_days, 1, 36500) or base.retention_days,
         backup_type=body.choice("backup_type", BACKUP_TYPES, base.backup_type) or base.backup_type,
         include_database=body.boolean("include_database", base.include_database),
         include_uploads=body.boolean("include_uploads", base.include_uploads),
         storage_location=body.string("storage_location", base.storage_location, 64) or base.storage_location,
     )
+    if not fields.time.isascii():  # the catalog's check (\d) takes any script's digits: 0३:00
+        raise InvalidRequest(f"time: must be HH:MM (00:00 to 23:59), got {fields.time!r}")
     body.done()
     storage = operations().repo_info.storage_location
     if fields.storage_location != storage:
         raise InvalidRequest(f"storage_location: this sidecar stores into {storage!r}, not {fields.storage_location!r}")
     return fields
+
+
+def _one_spaced(cron: str | None) -> str | None:
+    """A cron expression as checked and as the scheduler reads it: " @daily" or "0 3 * * * " (which the
+    check accepts) would otherwise be stored as sent, and never run."""
+    return None if cron is None else " ".join(cron.split())
 
 
 def _label_schedules(app_id: str | None) -> list[dict]:

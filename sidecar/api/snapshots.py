@@ -7,6 +7,7 @@ from flask import Blueprint, Response, request, stream_with_context
 from sidecar.api.context import operations, wait_for
 from sidecar.api.envelope import ok
 from sidecar.api.validation import Body, query_flag, query_int
+from sidecar.catalog.models import BACKUP_STATUSES
 from sidecar.catalog.records import MAX_PAGE, backup_to_dict, job_to_dict
 from sidecar.errors import InvalidRequest
 from sidecar.operations import BackupRequest
@@ -17,7 +18,9 @@ bp = Blueprint("snapshots", __name__)
 
 @bp.get("/snapshots")
 def list_backups():  # type: ignore[no-untyped-def]
-    status = request.args.get("status") or None  # checked by the catalog
+    status = request.args.get("status") or None
+    if status is not None and status not in BACKUP_STATUSES:  # the catalog checks too, its message without "status:"
+        raise InvalidRequest(f"status: must be one of {', '.join(BACKUP_STATUSES)}, got {status!r}")
     limit = query_int(request, "limit", 50, 1, MAX_PAGE)
     offset = query_int(request, "offset", 0, 0, 2**31)
     rows, total = operations().catalog.list_backups(request.args.get("app_id") or None, status, limit, offset)

@@ -3,6 +3,7 @@ naming the field, never a 500."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable
 from typing import Any
 
@@ -15,14 +16,16 @@ class Body:
     """A JSON object body; `done()` refuses fields nobody asked for."""
 
     def __init__(self, request: Request) -> None:
-        if not request.get_data(cache=True):
+        raw = request.get_data(cache=True)
+        if not raw:
             self.doc: dict[str, Any] = {}
         else:
-            doc = request.get_json(force=True, silent=True)
-            if doc is None:
-                raise InvalidRequest("body: not valid JSON")
+            try:  # any content type: the body is JSON or it is refused
+                doc = json.loads(raw)
+            except (ValueError, RecursionError):  # RecursionError: nested deeper than the parser goes
+                raise InvalidRequest("body: not valid JSON") from None
             if not isinstance(doc, dict):
-                raise InvalidRequest(f"body: must be a JSON object, got {type(doc).__name__}")
+                raise InvalidRequest(f"body: must be a JSON object, got {_json_type(doc)}")
             self.doc = doc
         self._seen: set[str] = set()
 
@@ -35,7 +38,7 @@ class Body:
         if value is None:
             return default
         if not isinstance(value, bool):
-            raise InvalidRequest(f"{name}: must be true or false, got {value!r}")
+            raise InvalidRequest(f"{name}: must be true or false, got {_shown(value)}")
         return value
 
     def string(self, name: str, default: str | None = None, max_length: int = 1000) -> str | None:
@@ -43,16 +46,17 @@ class Body:
         if value is None:
             return default
         if not isinstance(value, str):
-            raise InvalidRequest(f"{name}: must be a string, got {type(value).__name__}")
+            raise InvalidRequest(f"{name}: must be a string, got {_json_type(value)}")
         if len(value) > max_length:
             raise InvalidRequest(f"{name}: longer than {max_length} characters")
+        _check_text(name, value)
         return value
 
     def choice(self, name: str, choices: Iterable[str], default: str | None = None) -> str | None:
         options = tuple(choices)
         value = self.string(name, default)
         if value is not None and value not in options:
-            raise InvalidRequest(f"{name}: must be one of {', '.join(options)}, got {value!r}")
+            raise InvalidRequest(f"{name}: must be one of {', '.join(options)}, got {_shown(value)}")
         return value
 
     def integer(self, name: str, default: int | None, low: int, high: int) -> int | None:
@@ -60,7 +64,7 @@ class Body:
         if value is None:
             return default
         if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
-            raise InvalidRequest(f"{name}: must be a whole number from {low} to {high}, got {value!r}")
+            raise InvalidRequest(f"{name}: must be a whole number from {low} to {high}, got {_shown(value)}")
         return value
 
     def strings(self, name: str) -> list[str] | None:
@@ -69,6 +73,8 @@ class Body:
             return None
         if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
             raise InvalidRequest(f"{name}: must be a list of non-empty strings")
+        for item in value:
+            _check_text(name, item)
         return value
 
     def done(self) -> None:
@@ -77,6 +83,33 @@ class Body:
             raise InvalidRequest(
                 f"{unknown[0]}: unknown field; expected {', '.join(sorted(self._seen)) or 'an empty body'}"
             )
+
+
+def _json_type(value: object) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "boolean"
+    if isinstance(value, int | float):
+        return "number"
+    return {str: "string", list: "array", dict: "object"}.get(type(value), type(value).__name__)
+
+
+def _shown(value: object, limit: int = 80) -> str:
+    """A value for a message: as the client sent it, cut short (a body may be a megabyte)."""
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _check_text(name: str, value: str) -> None:
+    """Text the catalog can store: no NUL (PostgreSQL refuses it), no lone surrogate (not UTF-8)."""
+    if "\x00" in value:
+        raise InvalidRequest(f"{name}: must not contain NUL characters")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        surrogate = ord(value[exc.start])
+        raise InvalidRequest(f"{name}: not valid Unicode (unpaired surrogate U+{surrogate:04X})") from None
 
 
 def query_int(request: Request, name: str, default: int, low: int, high: int) -> int:

@@ -17,6 +17,7 @@ wants a backup every month, not seven a year.
 from __future__ import annotations
 
 import calendar
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta, tzinfo
@@ -26,6 +27,7 @@ from croniter import CroniterBadDateError, croniter
 
 from sidecar.errors import InvalidRequest
 
+_HH_MM = re.compile(r"([01]?\d|2[0-3]):([0-5]\d)")  # as loose as the catalog's check of `time`
 _MAX_STEPS = 2000  # candidates looked at before giving up (a cron that never matches, e.g. 0 0 30 2 *)
 
 
@@ -110,18 +112,30 @@ def timing_of_label(schedule: str) -> Timing:
     return CronTiming(schedule)
 
 
-def timing_of_fields(frequency: str, time: str, day_of_week: int | None, day_of_month: int | None, cron: str | None):
-    """The timing of an API schedule (the epic's BackupSchedule fields)."""
+def timing_of_fields(
+    frequency: str, time: str, day_of_week: int | None, day_of_month: int | None, cron: str | None
+) -> Timing:
+    """The timing of an API schedule (the epic's BackupSchedule fields); InvalidRequest naming the field."""
     if frequency == "cron":
         return CronTiming(cron or "")
-    hour, minute = (int(part) for part in time.split(":"))
+    if frequency not in ("daily", "weekly", "monthly"):
+        raise InvalidRequest(f"frequency: unknown {frequency!r}")
+    match = _HH_MM.fullmatch(time.strip()) if isinstance(time, str) else None
+    if match is None:
+        raise InvalidRequest(f"time: must be HH:MM (00:00 to 23:59), got {time!r}")
+    hour, minute = int(match[1]), int(match[2])
     if frequency == "daily":
         return CronTiming(f"{minute} {hour} * * *")
     if frequency == "weekly":
+        if day_of_week is None or not 0 <= day_of_week <= 6:
+            raise InvalidRequest(
+                f"day_of_week: needed with frequency weekly (0-6, Sunday-Saturday), got {day_of_week!r}"
+            )
         return CronTiming(f"{minute} {hour} * * {day_of_week}")  # 0-6, Sunday-Saturday, as cron
-    if frequency == "monthly":
-        return MonthlyTiming(int(day_of_month or 1), hour, minute)
-    raise InvalidRequest(f"frequency: unknown {frequency!r}")
+    day = int(day_of_month or 1)
+    if not 1 <= day <= 31:
+        raise InvalidRequest(f"day_of_month: must be from 1 to 31, got {day_of_month!r}")
+    return MonthlyTiming(day, hour, minute)
 
 
 def zone(name: str | None) -> tzinfo:
@@ -131,7 +145,7 @@ def zone(name: str | None) -> tzinfo:
         return UTC
     try:
         return ZoneInfo(name)
-    except (ZoneInfoNotFoundError, ValueError):
+    except (ZoneInfoNotFoundError, ValueError, OSError):  # OSError: a directory, a name too long
         raise InvalidRequest(f"TZ: unknown time zone {name!r} (use an IANA name such as Europe/Berlin)") from None
 
 

@@ -11,9 +11,10 @@ The newest snapshot is never forgotten unless `allow_empty` is set.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, fields
-from datetime import datetime, timedelta, tzinfo
+from datetime import UTC, datetime, timedelta, tzinfo
 
 from sidecar.errors import InvalidRequest
 from sidecar.repo.snapshot import SnapshotRecord
@@ -59,7 +60,7 @@ class RetentionPolicy:
                 raise InvalidRequest(f"retention {text!r}: {part.strip()!r} is not one of {', '.join(sorted(names))}=N")
             if key in values:
                 raise InvalidRequest(f"retention {text!r}: {key} given twice")
-            if not (value.strip().isascii() and value.strip().isdigit()):
+            if not re.fullmatch(r"[0-9]{1,9}", value.strip()):
                 raise InvalidRequest(f"retention {text!r}: {key} needs a whole number, got {value.strip()!r}")
             values[key] = int(value)
         policy = cls(**values)
@@ -93,7 +94,10 @@ def apply_retention(
     ordered = sorted(snapshots, key=lambda s: (s.time, s.id), reverse=True)
     reasons: dict[int, list[str]] = {i: [] for i in range(len(ordered))}
     if policy.days:
-        cutoff = now - timedelta(days=policy.days)
+        try:
+            cutoff = now - timedelta(days=policy.days)
+        except OverflowError:  # further back than a datetime reaches: every snapshot is within
+            cutoff = datetime.min.replace(tzinfo=UTC)
         for i, snap in enumerate(ordered):
             if snap.time >= cutoff:
                 reasons[i].append(f"within {policy.days} days")
@@ -114,6 +118,6 @@ def apply_retention(
     for i, snap in enumerate(ordered):
         if SAFETY_TAG in snap.tags and snap.time >= safety_cutoff:
             reasons[i].append(f"safety snapshot of a restore (kept {SAFETY_KEEP_DAYS} days)")
-    if ordered and not allow_empty and not any(reasons.values()):
+    if ordered and not allow_empty and not reasons[0]:  # a safety snapshot kept alone must not cost the newest
         reasons[0].append("newest snapshot of the app (never forgotten without allow_empty)")
     return [Decision(s, bool(reasons[i]), tuple(reasons[i])) for i, s in enumerate(ordered)]
