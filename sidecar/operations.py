@@ -18,6 +18,8 @@ from datetime import UTC, datetime, tzinfo
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from peewee import fn
+
 from sidecar.catalog.models import AppState, Backup
 from sidecar.catalog.records import Catalog, RepositoryInfo, backup_to_dict, iso_time
 from sidecar.errors import AppPolicyInvalid, BackupError, BackupNotFound, DockerUnavailable, InvalidRequest
@@ -93,35 +95,49 @@ class Operations:
         return self._registry().require(app_id)
 
     def apps(self) -> list[dict]:
+        """Every app with its policy, schedules, last backup and state: a fixed number of
+        queries, whatever the number of apps (GET /apps is polled)."""
+        from sidecar.catalog.models import BackupSchedule
+
         states = {s.app_id: s for s in AppState.select()}
+        latest = Backup.select(Backup.app_id, fn.MAX(Backup.created_at).alias("at")).group_by(Backup.app_id)
+        last_backups: dict[str, Backup] = {}
+        for row in Backup.select().join(
+            latest, on=((Backup.app_id == latest.c.app_id) & (Backup.created_at == latest.c.at))
+        ):
+            last_backups.setdefault(row.app_id, row)
+        api_schedules: dict[str, list] = {}
+        for row in BackupSchedule.select().order_by(BackupSchedule.created_at):
+            api_schedules.setdefault(row.app_id, []).append(row)
         out = []
         for app in sorted(self._registry().apps(), key=lambda a: a.app_id):
             doc = app.to_dict()
-            doc["schedules"] = self.schedules_of(app)
+            doc["schedules"] = self.schedules_of(app, api_schedules.get(app.app_id, []))
             runs = [s["next_run"] for s in doc["schedules"] if s.get("next_run")]
             doc["next_run"] = min(runs) if runs else None
             doc["busy_job_id"] = self.runner.busy(app.app_id)
             state = states.get(app.app_id)
-            last = (
-                Backup.select().where(Backup.app_id == app.app_id).order_by(Backup.created_at.desc()).first()
-            )  # fmt: skip
+            last = last_backups.get(app.app_id)
             doc["last_backup"] = None if last is None else backup_to_dict(last)
             doc["last_success_at"] = iso_time(state.last_success_at) if state else None
             doc["last_error"] = state.last_error if state else None
             out.append(doc)
         return out
 
-    def schedules_of(self, app: App) -> list[dict]:
-        """The app's label schedule and API schedules, each with its next run (and, from the
-        running scheduler, whether a run is queued and how the last one ended)."""
+    def schedules_of(self, app: App, api_rows: list | None = None) -> list[dict]:
+        """The app's label schedule and API schedules (`api_rows`, else read from the catalog),
+        each with its next run (and, from the running scheduler, whether a run is queued and how
+        the last one ended)."""
         from sidecar.catalog.models import BackupSchedule
         from sidecar.jobs.timing import timing_of_fields, timing_of_label
 
         found: list[tuple[str, str, Callable[[], Any]]] = []
         if app.policy.schedule:
             found.append(("label:" + app.app_id, "label", lambda: timing_of_label(app.policy.schedule or "")))
-        rows = BackupSchedule.select().where(BackupSchedule.app_id == app.app_id).order_by(BackupSchedule.created_at)
-        for row in rows:
+        if api_rows is None:
+            query = BackupSchedule.select().where(BackupSchedule.app_id == app.app_id)
+            api_rows = list(query.order_by(BackupSchedule.created_at))
+        for row in api_rows:
             fields = (row.frequency, row.time, row.day_of_week, row.day_of_month, row.cron)
             found.append((row.schedule_id, "api", lambda f=fields: timing_of_fields(*f)))
         out = []

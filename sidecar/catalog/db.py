@@ -83,6 +83,11 @@ def open_catalog(url: str) -> Database:
         except OSError as exc:
             raise CatalogUnavailable(f"catalog {path}: {exc.strerror}") from None
         kwargs["pragmas"] = SQLITE_PRAGMAS
+        # every transaction takes the write lock when it begins: a deferred one that read first and
+        # then writes fails at once with "database is locked" when another connection wrote meanwhile
+        # (WAL cannot upgrade its snapshot; the busy timeout does not apply), which 30 apps' jobs
+        # finishing together did
+        kwargs["lock_type"] = "IMMEDIATE"
     elif scheme not in ("postgresql", "postgres", "postgresql+pool", "postgres+pool"):
         raise CatalogUnavailable(f"catalog URL {safe_url(url)!r}: use sqlite:///PATH or postgresql://USER@HOST/DB")
     try:

@@ -265,3 +265,45 @@ def test_catalog_rebuild_from_the_command_line(catalog_url, tmp_path):
         assert lost.code == 0 and "2 backups added" in lost.out, lost.err
         open_catalog(catalog_url)
         assert {r.backup_id for r in Catalog().list_backups()[0]} == {m.json()["backup_id"] for m in made}
+
+
+def test_a_write_between_a_transactions_read_and_write_waits_instead_of_failing(catalog_url, repo, tmp_path):
+    """record_snapshot reads, then writes, in one transaction. Another thread's write in between
+    must wait for it (SQLite: BEGIN IMMEDIATE) — a deferred transaction failed at once with
+    "database is locked" when 30 apps' backups finished together."""
+    import threading
+
+    open_catalog(catalog_url)
+    catalog = Catalog()
+    snap = back_up(repo, tmp_path, "wp", "first")
+    catalog.record_snapshot(snap, info(repo))
+    other_wrote = threading.Event()
+    errors: list[BaseException] = []
+    real = Backup.get_or_none
+
+    def other_writer() -> None:
+        try:
+            catalog.note_result("gitea", "Gitea", "backup_x", None)  # a write on another connection
+        except BaseException as exc:
+            errors.append(exc)
+        finally:
+            other_wrote.set()
+            catalog_db.database.close()
+
+    def read_then_let_the_other_write(*args, **kwargs):  # type: ignore[no-untyped-def]
+        row = real(*args, **kwargs)
+        thread = threading.Thread(target=other_writer)
+        thread.start()
+        other_wrote.wait(1.0)  # deferred: it writes at once; immediate: it waits for our commit
+        read_then_let_the_other_write.thread = thread  # type: ignore[attr-defined]
+        return row
+
+    Backup.get_or_none = read_then_let_the_other_write  # type: ignore[method-assign]
+    try:
+        catalog.record_snapshot(snap, info(repo), job_id="job_1")  # the update path: read, then write
+    finally:
+        Backup.get_or_none = real  # type: ignore[method-assign]
+    read_then_let_the_other_write.thread.join(30)  # type: ignore[attr-defined]
+    assert not errors, errors
+    assert Backup.get_by_id(snap.backup_id).job_id == "job_1"
+    assert AppState.get_by_id("gitea").last_backup_id == "backup_x"

@@ -110,6 +110,7 @@ def test_backup_and_restore_an_app_through_the_api(api, compose):
 
     app = next(a for a in data(client.get(f"{PREFIX}/apps"))["items"] if a["app_id"] == app_id)
     assert app["last_backup"]["status"] == "completed" and app["last_success_at"]
+    assert app["last_backup"]["backup_id"] == listed[0]["backup_id"]  # the newest of the three
 
     text = client.get("/metrics").get_data(as_text=True)
     assert f'backup_success_total{{app_id="{app_id}",type="incremental"}} 1.0' in text
