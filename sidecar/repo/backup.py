@@ -131,6 +131,7 @@ class BackupSession:
         self.warnings: list[dict] = []
         self._lock = repo.lock(SHARED, "backup", options.lock_wait)
         self._stats: list[SourceStats] = []
+        self._planned = 0  # bytes of the files listed so far (for max_bytes)
         self._writer: BlobWriter | None = None
         try:
             self.parent = self._choose_parent()
@@ -141,17 +142,23 @@ class BackupSession:
             self.abort()
             raise
 
-    def check_size(self) -> None:
-        """QuotaExceeded once the data read so far is over `max_bytes`."""
+    def check_size(self, more: int = 0) -> None:
+        """QuotaExceeded when the backup would be over `max_bytes`: the data listed so far (files
+        read, reused or about to be read) plus `more` bytes about to be stored. Called before data
+        is handed to the writer, so an oversized backup stops before it writes what is too much."""
         limit = self.options.max_bytes
         if limit is None:
             return
-        total = sum(s.bytes for s in self._stats)
+        total = max(self._planned, sum(s.bytes for s in self._stats)) + more
         if total > limit:
             raise QuotaExceeded(
                 f"backup of {self.options.app_id} is over limits.max_backup_size_gb ({limit / 1e9:g} GB): "
-                f"{total / 1e9:.1f} GB read so far; nothing was recorded"
+                f"{total / 1e9:.1f} GB so far; nothing was recorded"
             )
+
+    def plan(self, nbytes: int) -> None:
+        """Count `nbytes` of file data the backup holds (read or reused) towards `max_bytes`."""
+        self._planned += nbytes
 
     @property
     def writer(self) -> BlobWriter:
@@ -259,11 +266,12 @@ class BackupSession:
         blobs: list[str] = []
         size = 0
         for chunk in self.repo.chunker.split_stream(stream):
+            if self.options.max_bytes is not None:
+                self.check_size(len(chunk))  # before the chunk is stored
+            self.plan(len(chunk))
             blobs.append(self.writer.store(DATA, chunk, key).hex())
             size += len(chunk)
             stats.bytes = size
-            if self.options.max_bytes is not None:
-                self.check_size()
             if self.progress:
                 self.progress.add(0, len(chunk))
         now_ns = time.time_ns()
@@ -350,7 +358,8 @@ class _TreeScan:
 
     def _flush_batch(self) -> None:
         if self.batch.files:
-            self.session.check_size()
+            self.session.check_size(self.batch.nbytes)  # before the batch's files are read and stored
+            self.session.plan(self.batch.nbytes)
             self.writer.submit_files(self.batch)
             self.batch = FileBatch(self.key, self.in_memory)
 
@@ -390,6 +399,7 @@ class _TreeScan:
                 line = self._reusable(rel, st)
                 if line is not None:
                     self.stats.reused_files += 1
+                    self.session.plan(st.st_size)
                     if pending:  # behind files still being read: keep the order
                         pending.append((line, None, st.st_size))
                         self._emit_ready()

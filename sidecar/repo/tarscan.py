@@ -118,6 +118,8 @@ def scan_tar(scan, chunks: Iterable[bytes], strip: str, excludes: tuple[str, ...
                         scan._flush_batch()
                 else:
                     blobs, size = [], 0
+                    scan.session.check_size(member.size)  # max_bytes: before this file is stored
+                    scan.session.plan(member.size)
                     for chunk in chunker.split_stream(content):
                         blobs.append(writer.store(DATA, chunk, scan.key).hex())
                         size += len(chunk)
