@@ -22,7 +22,14 @@ from peewee import fn
 
 from sidecar.catalog.models import AppState, Backup
 from sidecar.catalog.records import Catalog, RepositoryInfo, backup_to_dict, iso_time
-from sidecar.errors import AppPolicyInvalid, BackupError, BackupNotFound, DockerUnavailable, InvalidRequest
+from sidecar.errors import (
+    AppPolicyInvalid,
+    BackupCorrupted,
+    BackupError,
+    BackupNotFound,
+    DockerUnavailable,
+    InvalidRequest,
+)
 from sidecar.jobs.child import ChildSpec, run_in_child
 from sidecar.jobs.runner import Finished, JobProgress, JobRunner
 from sidecar.repo.repository import Repository
@@ -295,6 +302,30 @@ class Operations:
             return report
 
         self.runner.submit(job.job_id, None, run, on_finish or _ignore)
+        return job.job_id
+
+    def start_check(self, read_data_percent: float = 10.0) -> str:
+        """`check --read-data PERCENT` of the whole repository as a job (the dashboard's Verify)."""
+        from sidecar.repo.check import check_repository, summary
+
+        job = self.catalog.create_job("check")
+
+        def run(progress: JobProgress) -> dict:
+            progress.set_phase("checking")
+            if self.child is not None:
+                report = run_in_child(self.child, "check", {"read_data_percent": read_data_percent}, progress)
+            else:
+                repo = self.open_repo()
+                with repo.lock("shared", "check", 600):
+                    report = summary(check_repository(repo, read_data_percent).to_json())
+            if not report["ok"]:
+                raise BackupCorrupted(
+                    f"the repository has damage: {'; '.join(report['errors'][:5])}"
+                    f" ({report['affected_snapshots']} snapshots affected; `check --read-data` lists the files)"
+                )
+            return {**report, "read_data_percent": read_data_percent}
+
+        self.runner.submit(job.job_id, None, run)
         return job.job_id
 
     # ---- one backup ------------------------------------------------------------------------

@@ -62,6 +62,10 @@ def create_app(
     for module in (snapshots, apps, jobs, schedules, openapi):
         app.register_blueprint(module.bp, url_prefix=PREFIX)
 
+    from sidecar.web import init_web
+
+    init_web(app, api_key)
+
     @app.get("/healthz")
     def healthz():  # type: ignore[no-untyped-def]
         return ok({"status": "ok"})

@@ -26,7 +26,7 @@ database = DatabaseProxy()
 
 BACKUP_STATUSES = ("pending", "in_progress", "completed", "failed")
 JOB_STATUSES = ("queued", "running", "completed", "failed", "interrupted")
-JOB_KINDS = ("backup", "restore", "verify", "prune")
+JOB_KINDS = ("backup", "restore", "verify", "prune", "check")
 
 
 def utcnow() -> datetime:

@@ -126,6 +126,12 @@ def _run(spec: ChildSpec, kind: str, args: dict[str, Any], relay: _Relay) -> Any
 
         verify_snapshot(repo, repo.load_snapshot(args["snapshot_id"]), read_data=True)
         return None
+    if kind == "check":
+        from sidecar.repo.check import check_repository, summary
+
+        relay("checking", 0, 0)
+        with repo.lock("shared", "check", 600):
+            return summary(check_repository(repo, args["read_data_percent"]).to_json())
     if kind == "prune":
         from sidecar.repo.prune import prune_repository
 

@@ -201,3 +201,8 @@ def _check_snapshot(repo: Repository, snap: SnapshotRecord, index: object, damag
         except BackupError as exc:
             problems.append({"source": source.name, "path": "(listing)", "reason": str(exc)})
     return problems
+
+
+def summary(report: dict, limit: int = 50) -> dict:
+    """A check report for a job's result: the first `limit` affected snapshots, and how many."""
+    return {**report, "affected": report["affected"][:limit], "affected_snapshots": len(report["affected"])}

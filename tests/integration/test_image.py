@@ -150,6 +150,11 @@ def test_backup_damage_and_restore_through_the_real_container(sidecar_image, com
             time.sleep(0.5)
         wait_until(lambda: _assert(sidecar.health() == "healthy"), "the container's health check", timeout=60)
         assert "created repository" in sidecar.logs()
+        # the dashboard's templates and static files are in the image (package data)
+        with urllib.request.urlopen(f"http://127.0.0.1:{sidecar.port}/login", timeout=30) as page:
+            assert page.status == 200 and b'name="api_key"' in page.read()
+        with urllib.request.urlopen(f"http://127.0.0.1:{sidecar.port}/ui/static/jobs.js", timeout=30) as script:
+            assert script.status == 200 and b"XMLHttpRequest" in script.read()
 
         status, doc = sidecar.call(f"{API}/{compose.name}?wait=true", "POST", {"description": "before the accident"})
         assert status == 200 and doc["data"]["status"] == "completed", (doc, sidecar.logs())

@@ -73,6 +73,19 @@ def test_a_verification_runs_in_a_child_and_errors_come_back(made):
         run_in_child(spec, "verify", {"snapshot_id": snap.id}, Progress())
 
 
+def test_a_repository_check_runs_in_a_child_and_reports_damage(made):
+    """The dashboard's Verify: `check --read-data PERCENT` in a job process, its report back."""
+    root, snap, spec = made
+    report = run_in_child(spec, "check", {"read_data_percent": 100.0}, Progress())
+    assert report["ok"] and report["packs_read"] == report["packs"] > 0 and report["affected_snapshots"] == 0
+    pack = max((p for p in (root / "data").rglob("*") if p.is_file()), key=lambda p: p.stat().st_size)
+    data = bytearray(pack.read_bytes())
+    data[len(data) // 2] ^= 1
+    pack.write_bytes(bytes(data))
+    report = run_in_child(spec, "check", {"read_data_percent": 100.0}, Progress())
+    assert not report["ok"] and report["affected_snapshots"] == 1 and report["affected"][0]["snapshot"] == snap.id
+
+
 def test_the_key_is_not_in_the_childs_arguments_or_environment_and_its_death_is_reported(made):
     _root, snap, spec = made
     outcome: list[BaseException | None] = []
