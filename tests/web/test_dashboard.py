@@ -1,6 +1,6 @@
 """The dashboard through Flask's test client: login, CSRF, every page, the actions. The apps
-come from a faked Docker host (the real engine and a real browser: test_dashboard_browser.py
-in a later change); backups are real snapshots in a real repository and catalog."""
+come from a faked Docker host (the real engine and a real browser: test_dashboard_browser.py);
+backups are real snapshots in a real repository and catalog."""
 
 from __future__ import annotations
 
