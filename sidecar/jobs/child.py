@@ -103,6 +103,12 @@ class _Relay:
     def __call__(self, phase: str, done: int, total: int) -> None:
         self._conn.send(("phase", phase, done, total))
 
+    def flush(self) -> None:
+        """What `add` has not sent yet (the end of a backup)."""
+        if self._files or self._bytes:
+            self._conn.send(("add", self._files, self._bytes))
+            self._files = self._bytes = 0
+
 
 def _die_with_parent(parent: int) -> None:
     with contextlib.suppress(OSError, AttributeError):
@@ -168,7 +174,9 @@ def child_main(conn: Connection, parent: int) -> None:
     spec, kind, args, job_id, app_id = conn.recv()
     try:
         with logs.job_context(job_id, app_id):
-            result = _run(spec, kind, args, _Relay(conn))
+            relay = _Relay(conn)
+            result = _run(spec, kind, args, relay)
+            relay.flush()
     except BackupError as exc:
         conn.send(("error", exc))
     except BaseException as exc:  # as the message only: a traceback could hold anything

@@ -48,6 +48,9 @@ class JobProgress:
     def set_phase(self, phase: str) -> None:
         self(phase, self.done, self.total)
 
+    def flush(self) -> None:
+        self._maybe_write(force=True)
+
     def _maybe_write(self, force: bool = False) -> None:
         now = time.monotonic()
         if force or now - self._written >= PROGRESS_EVERY:
@@ -97,7 +100,9 @@ class JobRunner:
         try:
             catalog.start_job(job_id)
             with job_context(job_id, app_id):
-                result = fn(JobProgress(catalog, job_id))
+                progress = JobProgress(catalog, job_id)
+                result = fn(progress)
+                progress.flush()  # the last figures, not the last ones written before the end
         except BackupError as exc:
             failure = exc
         except Exception as exc:

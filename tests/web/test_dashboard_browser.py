@@ -57,6 +57,11 @@ def _exec(container: str, command: str) -> str:
     return out.stdout
 
 
+def _until(driver: WebDriver, what: str, condition, timeout: float = 30) -> None:  # type: ignore[no-untyped-def]
+    """A click starts a navigation that may not have finished when it returns: wait for its page."""
+    WebDriverWait(driver, timeout).until(lambda d: condition(), message=what)
+
+
 def _wait_job(driver: WebDriver, timeout: float = 180) -> str:
     """On a job's page: wait until its script shows a final status; returns it."""
     WebDriverWait(driver, timeout).until(
@@ -96,11 +101,11 @@ def test_the_dashboard_end_to_end(browser: WebDriver, compose, tmp_path: Path) -
         assert "/login" in d.current_url and "Log in" in d.title
         d.find_element(By.ID, "api_key").send_keys("not-the-key")
         d.find_element(By.CSS_SELECTOR, "form button[type=submit]").click()
-        assert "that API key is wrong" in d.page_source
+        _until(d, "the wrong key refused", lambda: "that API key is wrong" in d.page_source)
         d.save_screenshot(str(shots / "login.png"))
         d.find_element(By.ID, "api_key").send_keys(SERVE_KEY)
         d.find_element(By.CSS_SELECTOR, "main form button[type=submit]").click()
-        assert d.current_url.rstrip("/") == base and "Apps" in d.title
+        _until(d, "the apps page", lambda: d.current_url.rstrip("/") == base and "Apps" in d.title)
         row = d.find_element(By.XPATH, f"//tr[.//div[@class='sub' and text()='{app_id}']]")
         assert "0 3 * * *" in row.text and "last=10" in row.text and "never" in row.text
         wrong = d.find_element(By.XPATH, f"//tr[.//div[@class='sub' and text()='{broken.name}']]")
@@ -120,7 +125,7 @@ def test_the_dashboard_end_to_end(browser: WebDriver, compose, tmp_path: Path) -
 
         # back up now, watch the job finish
         row.find_element(By.XPATH, ".//button[text()='Back up now']").click()
-        assert "/jobs/job_" in d.current_url
+        _until(d, "the backup's job page", lambda: "/jobs/job_" in d.current_url)
         assert _wait_job(d) == "OK", d.find_element(By.ID, "job-error").text
         d.save_screenshot(str(shots / "job.png"))
 
@@ -134,15 +139,17 @@ def test_the_dashboard_end_to_end(browser: WebDriver, compose, tmp_path: Path) -
         # the app changes; restore the backup after typing the app id
         _exec(web, "echo 'version two' > /srv/site/index.html && rm /srv/site/uploads/photo.jpg")
         rows[0].find_element(By.LINK_TEXT, "Restore…").click()
+        _until(d, "the restore page", lambda: "/restore/" in d.current_url)
         page = d.page_source
         assert "volume <code>site</code>" in page and "safety snapshot" in page
         d.save_screenshot(str(shots / "restore.png"))
         d.find_element(By.ID, "confirm").send_keys(app_id + "x")
         d.find_element(By.CSS_SELECTOR, "button.danger").click()
-        assert "type the app id" in d.page_source and _exec(web, "cat /srv/site/index.html") == "version two\n"
+        _until(d, "the wrong confirmation refused", lambda: "type the app id" in d.page_source)
+        assert _exec(web, "cat /srv/site/index.html") == "version two\n"
         d.find_element(By.ID, "confirm").send_keys(app_id)
         d.find_element(By.CSS_SELECTOR, "button.danger").click()
-        assert "/jobs/job_" in d.current_url
+        _until(d, "the restore's job page", lambda: "/jobs/job_" in d.current_url)
         assert _wait_job(d) == "OK", d.find_element(By.ID, "job-error").text
         assert _exec(web, "cat /srv/site/index.html; ls /srv/site/uploads") == "version one\nphoto.jpg\n"
 
@@ -157,6 +164,7 @@ def test_the_dashboard_end_to_end(browser: WebDriver, compose, tmp_path: Path) -
         d.get(f"{base}/repository")
         assert "2 completed" in d.page_source  # the backup and the restore's safety snapshot
         d.find_element(By.XPATH, "//button[text()='Verify']").click()
+        _until(d, "the check's job page", lambda: "/jobs/job_" in d.current_url)
         assert _wait_job(d) == "OK", d.find_element(By.ID, "job-error").text
         d.get(f"{base}/repository")
         assert "no errors" in d.page_source
@@ -173,7 +181,7 @@ def test_the_dashboard_end_to_end(browser: WebDriver, compose, tmp_path: Path) -
         # log out
         d.get(base + "/")
         d.find_element(By.XPATH, "//button[text()='Log out']").click()
-        assert "/login" in d.current_url
+        _until(d, "the login page", lambda: "/login" in d.current_url)
         d.get(f"{base}/jobs")
         assert "/login" in d.current_url
     finally:

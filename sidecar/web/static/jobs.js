@@ -10,6 +10,14 @@
     return i === 0 ? v.toFixed(0) + " B" : v.toFixed(1) + " " + units[i];
   }
 
+  function bytes(p) {
+    return p.bytes_total ? size(p.bytes_done) + " of " + size(p.bytes_total) : size(p.bytes_done) + " read";
+  }
+
+  function when(iso) {
+    return iso ? iso.replace("T", " ").slice(0, 16) + " UTC" : "—";
+  }
+
   function statusSpan(value) {
     var span = document.createElement("span");
     span.className = "status s-" + value;
@@ -41,14 +49,18 @@
         var bar = document.getElementById("job-progress");
         bar.max = p.bytes_total || 1;
         bar.value = p.bytes_done || 0;
-        document.getElementById("job-bytes").textContent = size(p.bytes_done) + " of " + size(p.bytes_total);
-        if (last && doc.now > last.now) {
+        document.getElementById("job-bytes").textContent = bytes(p);
+        var running = j.status === "queued" || j.status === "running";
+        var rateText = "";
+        if (running && last && doc.now > last.now) {
           var rate = ((p.bytes_done || 0) - last.done) / (doc.now - last.now);
-          document.getElementById("job-rate").textContent = rate > 0 ? "(" + size(rate) + "/s)" : "";
+          rateText = rate > 0 ? "(" + size(rate) + "/s)" : "";
         }
+        document.getElementById("job-rate").textContent = rateText;
         last = { now: doc.now, done: p.bytes_done || 0 };
         document.getElementById("job-error").textContent = j.error || "—";
-        if (j.finished_at) document.getElementById("job-finished").textContent = j.finished_at;
+        if (j.finished_at) document.getElementById("job-finished").textContent = when(j.finished_at);
+        if (!running && j.status === "completed") { bar.max = 1; bar.value = 1; }
         if (j.status === "queued" || j.status === "running") setTimeout(tick, 1000);
       });
     };
@@ -69,8 +81,8 @@
           a.href = base + "/" + encodeURIComponent(j.job_id);
           a.textContent = j.job_id;
           var p = j.progress || {};
-          var progress = (j.phase || "") + (p.bytes_total ? " " + size(p.bytes_done) + " of " + size(p.bytes_total) : "");
-          var cells = [a, j.kind, j.app_id || "—", statusSpan(j.status), progress, j.started_at || "—"];
+          var progress = (j.phase || "") + (p.bytes_done || p.bytes_total ? " " + bytes(p) : "");
+          var cells = [a, j.kind, j.app_id || "—", statusSpan(j.status), progress, when(j.started_at)];
           var labels = ["Job", "Kind", "App", "Status", "Progress", "Started"];
           cells.forEach(function (c, i) {
             var td = document.createElement("td");
