@@ -675,6 +675,19 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--debug", action="store_true", help="show tracebacks")
 
 
+def _exclusive_options(p: argparse.ArgumentParser) -> None:
+    """The options of the commands that take the exclusive lock (prune, repair)."""
+    p.add_argument("--dry-run", action="store_true")
+    p.add_argument(
+        "--lock-wait",
+        type=float,
+        default=0.0,
+        metavar="SECONDS",
+        help="wait this long for running backups (default: refuse at once)",
+    )
+    p.add_argument("--json", action="store_true")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="websoft9-backup", description="Back up and restore the apps of a Docker host."
@@ -770,28 +783,12 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="PERCENT",
         help="repack a pack when more than PERCENT of it is unused (default 50)",
     )
-    p.add_argument("--dry-run", action="store_true")
-    p.add_argument(
-        "--lock-wait",
-        type=float,
-        default=0.0,
-        metavar="SECONDS",
-        help="wait this long for running backups (default: refuse at once)",
-    )
-    p.add_argument("--json", action="store_true")
+    _exclusive_options(p)
 
     p = command("repair", cmd_repair, "rebuild a lost or damaged index from the packs' headers (exclusive lock)")
     p.add_argument("repair_command", choices=["index"])
     p.add_argument("--read-all-packs", action="store_true", help="read every pack's header, not only unindexed ones")
-    p.add_argument("--dry-run", action="store_true")
-    p.add_argument(
-        "--lock-wait",
-        type=float,
-        default=0.0,
-        metavar="SECONDS",
-        help="wait this long for running backups (default: refuse at once)",
-    )
-    p.add_argument("--json", action="store_true")
+    _exclusive_options(p)
 
     p = command("export", cmd_export, "write a snapshot as a portable tar")
     p.add_argument("snapshot")

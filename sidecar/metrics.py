@@ -93,7 +93,7 @@ class Metrics:
         self._seen: set[str] = set()
         r.register(_CatalogCollector(self.backups_running))
         if repository_size is not None:
-            self._repo_size.set_function(self._measured_repository_size)
+            self._repo_size.set_function(self.repository_size)
 
     # ---- what operations report ----------------------------------------------------------------
 
@@ -144,7 +144,9 @@ class Metrics:
 
     # ---- repository size -----------------------------------------------------------------------
 
-    def _measured_repository_size(self) -> float:
+    def repository_size(self) -> float:
+        """The repository's stored bytes, measured at most every REPOSITORY_SIZE_EVERY seconds
+        (a listing of every object); NaN until a measurement succeeds."""
         now = time.monotonic()
         if self._repository_size is not None and now - self._repo_measured >= REPOSITORY_SIZE_EVERY:
             try:

@@ -16,8 +16,9 @@ from hypothesis import configuration
 ROOT = Path(__file__).resolve().parents[1]
 # hypothesis keeps caches (constants, unicode data) under ./.hypothesis even without an example
 # database: keep them out of the working tree
-os.environ.setdefault("HYPOTHESIS_STORAGE_DIRECTORY", os.path.join(tempfile.gettempdir(), "websoft9-backup-hypothesis"))
-configuration.set_hypothesis_home_dir(os.environ["HYPOTHESIS_STORAGE_DIRECTORY"])
+configuration.set_hypothesis_home_dir(
+    os.environ.get("HYPOTHESIS_STORAGE_DIRECTORY") or os.path.join(tempfile.gettempdir(), "websoft9-backup-hypothesis")
+)
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))  # bench.dataset and bench.treecompare
 

@@ -62,25 +62,26 @@ def repair_index(
         index_ids = repo.list_ids("index")
         report.index_files = len(index_ids)
         docs: dict[str, dict] = {}
+        parsed: dict[str, list[tuple[str, list[PackEntry]]]] = {}  # index id -> its packs, validated
         for index_id in index_ids:
             try:
                 docs[index_id] = repo.load_json("index", index_id)
-                list(iter_index_packs(docs[index_id]))  # validated here, not half-way through the merge
+                parsed[index_id] = list(iter_index_packs(docs[index_id]))
             except BackupError as exc:
                 docs.pop(index_id, None)
                 report.damaged_index_files.append(index_id)
                 log.warning("index %s is damaged and will be replaced: %s", index_id, exc)
         superseded = {s for doc in docs.values() for s in doc.get("supersedes", [])}
-        indexed: dict[str, list[PackEntry]] = {}
-        if not read_all_packs:
-            for index_id, doc in docs.items():
-                if index_id not in superseded:
-                    for pack_id, entries in iter_index_packs(doc):
-                        indexed.setdefault(pack_id, []).extend(entries)
+        named: dict[str, list[PackEntry]] = {}  # what the readable, current index files say
+        for index_id, packs_of in parsed.items():
+            if index_id not in superseded:
+                for pack_id, entries in packs_of:
+                    named.setdefault(pack_id, []).extend(entries)
+        indexed = {} if read_all_packs else named
 
         stored = {name.rsplit("/", 1)[1]: size for name, size in repo.backend.list("data/")}
         report.packs = len(stored)
-        report.missing_packs = sorted(set(indexed) - set(stored))
+        report.missing_packs = sorted(set(named) - set(stored))
         packs: dict[str, list[PackEntry]] = {p: _unique(e) for p, e in indexed.items() if p in stored}
         to_read = sorted(set(stored) - set(packs))
         on_progress(f"reading {len(to_read)} pack headers")
@@ -95,7 +96,7 @@ def repair_index(
             if n % 200 == 0:
                 on_progress(f"read {n} of {len(to_read)} pack headers")
                 lock.check()
-        report.packs_added = report.packs_read if not read_all_packs else len(set(packs) - _named(docs, superseded))
+        report.packs_added = len(set(packs) - set(named))
         report.blobs = sum(len(e) for e in packs.values())
         if dry_run or not (report.changed or read_all_packs):
             return report
@@ -114,7 +115,3 @@ def _unique(entries: list[PackEntry]) -> list[PackEntry]:
     for e in entries:
         seen.setdefault(e.blob_id, e)
     return list(seen.values())
-
-
-def _named(docs: dict[str, dict], superseded: set[str]) -> set[str]:
-    return {p for i, doc in docs.items() if i not in superseded for p, _ in iter_index_packs(doc)}

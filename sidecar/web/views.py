@@ -4,7 +4,7 @@ act through the same jobs; an action's failure is shown on the page, never as a 
 from __future__ import annotations
 
 import hmac
-import threading
+import math
 import time
 from typing import Any
 from urllib.parse import urlsplit
@@ -14,13 +14,11 @@ from peewee import fn
 
 from sidecar.catalog.models import Backup, Job
 from sidecar.catalog.records import backup_to_dict, job_to_dict
-from sidecar.errors import BackupError, DockerUnavailable
+from sidecar.docker.apps import App
+from sidecar.errors import AppNotFound, BackupError, DockerUnavailable
 from sidecar.operations import BackupRequest, Operations, RestoreRequest
 from sidecar.web import bp, charts, csrf_token, login_required
 from sidecar.web.pages import STATUS_WORDS
-
-REPO_SIZE_EVERY = 60.0  # seconds between measurements of the repository's stored size
-_size_lock = threading.Lock()
 
 
 def ops() -> Operations:
@@ -100,7 +98,10 @@ def backup_now(app_id: str):  # type: ignore[no-untyped-def]
 @bp.get("/apps/<app_id>")
 @login_required
 def app_detail(app_id: str):  # type: ignore[no-untyped-def]
-    app = next((a for a in ops().apps() if a["app_id"] == app_id), None)
+    try:
+        app: App | None = ops().app(app_id)
+    except (AppNotFound, DockerUnavailable):
+        app = None  # gone from the host (or no Docker): its backups are still listed
     rows, total = ops().catalog.list_backups(app_id, None, 200, 0)
     backups = [backup_to_dict(r) for r in rows]
     if app is None and not backups:
@@ -177,19 +178,6 @@ def job_json(job_id: str):  # type: ignore[no-untyped-def]
 # ---- repository ---------------------------------------------------------------------------------
 
 
-def _stored_size() -> int | None:
-    """The repository's stored bytes, measured at most once a minute (a listing of every object)."""
-    cache = current_app.config.setdefault("WEB_REPO_SIZE", {"at": 0.0, "size": None})
-    with _size_lock:
-        if time.monotonic() - cache["at"] >= REPO_SIZE_EVERY:
-            try:
-                cache["size"] = sum(size for _, size in ops().open_repo().backend.list(""))
-            except BackupError:
-                cache["size"] = None
-            cache["at"] = time.monotonic()
-        return cache["size"]
-
-
 @bp.get("/repository")
 @login_required
 def repository():  # type: ignore[no-untyped-def]
@@ -198,7 +186,9 @@ def repository():  # type: ignore[no-untyped-def]
         .where(Backup.status == "completed")
         .scalar(as_tuple=True)
     )
-    stored = _stored_size()
+    metrics = ops().metrics  # it measures the stored size at most once a minute for /metrics
+    measured = metrics.repository_size() if metrics is not None else math.nan
+    stored = None if math.isnan(measured) else int(measured)
     last = Job.select().where(Job.kind == "check").order_by(Job.created_at.desc()).first()
     return render_template(
         "repository.html", info=ops().repo_info, count=count or 0, logical=logical or 0, stored=stored,

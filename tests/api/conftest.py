@@ -13,6 +13,7 @@ import pytest
 from sidecar.api import create_app
 from sidecar.catalog import Catalog, RepositoryInfo, open_catalog
 from sidecar.catalog.db import close_catalog
+from sidecar.docker.apps import Registry
 from sidecar.jobs.runner import JobRunner
 from sidecar.operations import Operations
 from sidecar.repo.backends.local import LocalBackend
@@ -61,12 +62,32 @@ def make_env(tmp_path: Path, catalog_url: str, **ops_args) -> ApiEnv:
     return ApiEnv(ops, repo_path, tmp_path)
 
 
-@pytest.fixture
-def env(tmp_path: Path) -> Iterator[ApiEnv]:
-    e = make_env(tmp_path, f"sqlite:///{tmp_path / 'catalog.db'}")
+def sqlite_env(tmp_path: Path, **ops_args) -> Iterator[ApiEnv]:
+    """An ApiEnv on a SQLite catalog for a fixture to yield from; closed afterwards."""
+    e = make_env(tmp_path, f"sqlite:///{tmp_path / 'catalog.db'}", **ops_args)
     yield e
     e.ops.runner.shutdown()
     close_catalog()
+
+
+def fake_host(shop_labels: dict[str, str] | None = None) -> Registry:
+    """Apps as the registry would see them on a Docker host (no Docker client): "shop" with a
+    volume and a label schedule (or `shop_labels`), "blog" with a label error."""
+    from tests.docker.test_apps import FakeClient, inspect, volume
+
+    client = FakeClient()
+    client.api.volumes_by_name["shop_data"] = volume("shop_data", "data")
+    labels = shop_labels or {"websoft9.backup.schedule": "@daily"}
+    client.add(inspect("c1", "shop_web_1", "shop", labels, [("shop_data", "/d")]))
+    client.add(inspect("c2", "blog_web_1", "blog", {"websoft9.backup.schedule": "sometimes"}))
+    registry = Registry(log_changes=False)
+    registry.inventory(client)
+    return registry
+
+
+@pytest.fixture
+def env(tmp_path: Path) -> Iterator[ApiEnv]:
+    yield from sqlite_env(tmp_path)
 
 
 @pytest.fixture

@@ -23,11 +23,9 @@ from hypothesis import strategies as st
 
 from sidecar.api import MAX_BODY, PREFIX, create_app
 from sidecar.api.openapi import SCHEMAS, spec
-from sidecar.catalog.db import close_catalog
 from sidecar.catalog.schedules import FREQUENCIES
 from sidecar.repo.snapshot import BACKUP_TYPES
-from tests.api.conftest import API_KEY, ApiEnv, make_env
-from tests.api.test_schemathesis import fake_host
+from tests.api.conftest import API_KEY, ApiEnv, fake_host, sqlite_env
 
 PROPERTY = settings(
     max_examples=120,
@@ -47,10 +45,7 @@ NEVER = "0 0 30 2 *"  # valid, and never due
 def env(tmp_path: Path) -> Iterator[ApiEnv]:
     """Apps from a faked Docker host (shop, blog) and no Docker client: a body that passes
     reaches the app lookup (404 for an unknown app) or a job that fails later, never a 503."""
-    e = make_env(tmp_path, f"sqlite:///{tmp_path / 'catalog.db'}", registry=fake_host())
-    yield e
-    e.ops.runner.shutdown()
-    close_catalog()
+    yield from sqlite_env(tmp_path, registry=fake_host())
 
 
 @pytest.fixture

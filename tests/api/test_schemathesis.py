@@ -32,10 +32,7 @@ from schemathesis.specs.openapi.checks import (
 )
 
 from sidecar.api import PREFIX
-from sidecar.catalog.db import close_catalog
-from sidecar.docker.apps import Registry
-from tests.api.conftest import API_KEY, ApiEnv, make_env
-from tests.docker.test_apps import FakeClient, inspect, volume
+from tests.api.conftest import API_KEY, ApiEnv, fake_host, sqlite_env
 
 CHECKS = [
     not_a_server_error,
@@ -70,26 +67,11 @@ VALID_BODIES: dict[str, list[dict[str, Any]]] = {
 }
 
 
-def fake_host() -> Registry:
-    """Apps as the registry would see them on a Docker host: one fine with a label
-    schedule, one with a label error (the API reports it)."""
-    client = FakeClient()
-    client.api.volumes_by_name["shop_data"] = volume("shop_data", "data")
-    client.add(inspect("c1", "shop_web_1", "shop", {"websoft9.backup.schedule": "@daily"}, [("shop_data", "/d")]))
-    client.add(inspect("c2", "blog_web_1", "blog", {"websoft9.backup.schedule": "sometimes"}))
-    registry = Registry(log_changes=False)
-    registry.inventory(client)
-    return registry
-
-
 @pytest.fixture
 def env(tmp_path: Path) -> Iterator[ApiEnv]:
     """Overrides conftest's `env` (so its `live_server` serves this one): apps from a
     faked Docker host, but no Docker client, so a job that would touch Docker fails."""
-    e = make_env(tmp_path, f"sqlite:///{tmp_path / 'catalog.db'}", registry=fake_host())
-    yield e
-    e.ops.runner.shutdown()
-    close_catalog()
+    yield from sqlite_env(tmp_path, registry=fake_host())
 
 
 @pytest.fixture

@@ -12,29 +12,13 @@ import pytest
 from flask.testing import FlaskClient
 
 from sidecar.api import PREFIX, create_app
-from sidecar.catalog.db import close_catalog
-from sidecar.docker.apps import Registry
-from tests.api.conftest import API_KEY, ApiEnv, make_env
-from tests.docker.test_apps import FakeClient, inspect, volume
-
-
-def fake_host() -> Registry:
-    client = FakeClient()
-    client.api.volumes_by_name["shop_data"] = volume("shop_data", "data")
-    labels = {"websoft9.backup.schedule": "0 3 * * *", "websoft9.backup.retention": "last=5"}
-    client.add(inspect("c1", "shop_web_1", "shop", labels, [("shop_data", "/d")]))
-    client.add(inspect("c2", "blog_web_1", "blog", {"websoft9.backup.schedule": "sometimes"}))
-    registry = Registry(log_changes=False)
-    registry.inventory(client)
-    return registry
+from tests.api.conftest import API_KEY, ApiEnv, fake_host, sqlite_env
 
 
 @pytest.fixture
 def env(tmp_path: Path) -> Iterator[ApiEnv]:
-    e = make_env(tmp_path, f"sqlite:///{tmp_path / 'catalog.db'}", registry=fake_host())
-    yield e
-    e.ops.runner.shutdown()
-    close_catalog()
+    shop = {"websoft9.backup.schedule": "0 3 * * *", "websoft9.backup.retention": "last=5"}
+    yield from sqlite_env(tmp_path, registry=fake_host(shop))
 
 
 @pytest.fixture
