@@ -201,3 +201,62 @@ def redis_cli(*args: str, env: dict[str, str]) -> Command:
 
 def source_name(spec: DbSpec, service: str | None) -> str:
     return f"database:{service or spec.container}"
+
+
+# ---- change fingerprints -----------------------------------------------------------------------
+#
+# A restore's safety snapshot may reuse the previous snapshot's dump instead of taking a new one
+# when the server proves nothing was written since that dump began (sidecar.jobs.dumps): the
+# fingerprint is read just before each dump and stored with it. Only counters that every write
+# moves are in it, and none that the dump itself moves (checked on MariaDB 10.11 and PostgreSQL 15):
+# - mysql/mariadb: InnoDB's log sequence number (every InnoDB change, DDL included), the handler
+#   counters of row writes, updates and deletes (every engine: Aria system tables, grants, routines,
+#   MyISAM), and the statement counters of DDL and DCL (views and triggers are files, not rows);
+# - postgres: the WAL insert position (every logged change, and the commit record of any transaction
+#   that wrote, unlogged tables included) and the postmaster's start time.
+# A restarted server, an unreadable counter or a different container gives a different fingerprint.
+
+_MYSQL_FINGERPRINT_SQL = (
+    "SHOW GLOBAL STATUS WHERE Variable_name IN "
+    "('Innodb_lsn_current','Handler_write','Handler_update','Handler_delete','Com_truncate','Com_load') "
+    "OR Variable_name LIKE 'Com\\_create\\_%' OR Variable_name LIKE 'Com\\_drop\\_%' "
+    "OR Variable_name LIKE 'Com\\_alter\\_%' OR Variable_name LIKE 'Com\\_rename\\_%' "
+    "OR Variable_name LIKE 'Com\\_grant%' OR Variable_name LIKE 'Com\\_revoke%' "
+    "OR Variable_name LIKE 'Com\\_insert%' OR Variable_name LIKE 'Com\\_update%' "
+    "OR Variable_name LIKE 'Com\\_delete%' OR Variable_name LIKE 'Com\\_replace%' "
+    "OR Variable_name LIKE 'Com\\_%install\\_plugin'"
+)
+# the counters a fingerprint cannot do without (a server that hides them gets none)
+MYSQL_FINGERPRINT_REQUIRED = ("Handler_write", "Handler_update", "Handler_delete")
+
+_POSTGRES_FINGERPRINT_SQL = "SELECT pg_current_wal_insert_lsn(), pg_postmaster_start_time(), pg_is_in_recovery()"
+
+
+def fingerprint_command(spec: DbSpec) -> Command | None:
+    """What prints the server's change counters (see above), or None for engines without one
+    (redis, mongodb: always dumped)."""
+    engine = spec.engine
+    if engine in ("mysql", "mariadb"):
+        user, pw_vars, file_vars = _mysql_credentials(spec)
+        tools = ["mariadb", "mysql"]
+        env = _env(pw_vars, file_vars, "MYSQL_PWD", tools)
+        return _tool(tools, [f"--user={user}", "--batch", "--skip-column-names", "-e", _MYSQL_FINGERPRINT_SQL], env)
+    if engine == "postgres":
+        pw_vars, file_vars = _postgres_credentials(spec)
+        user_arg = spec.user or "${POSTGRES_USER:-postgres}"
+        script = _PROLOGUE + 'exec psql -X -A -t -v ON_ERROR_STOP=1 -U "' + user_arg + '" -d postgres -c "$1"\n'
+        env = _env(pw_vars, file_vars, "PGPASSWORD", ["psql"])
+        return Command(("sh", "-c", script, "w9", _POSTGRES_FINGERPRINT_SQL), env)
+    return None
+
+
+def fingerprint_valid(engine: str, output: str) -> bool:
+    """Whether the counters printed by `fingerprint_command` are usable: all the required ones there
+    (mysql/mariadb), a WAL position of a server that is not a standby (postgres)."""
+    if engine in ("mysql", "mariadb"):
+        names = {line.split("\t", 1)[0] for line in output.splitlines() if "\t" in line}
+        return all(n in names for n in MYSQL_FINGERPRINT_REQUIRED)
+    if engine == "postgres":
+        fields = output.strip().split("|")
+        return len(fields) == 3 and "/" in fields[0] and fields[2] == "f"
+    return False

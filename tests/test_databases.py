@@ -15,6 +15,8 @@ from sidecar.databases import (
     MYSQL_TRAILER,
     POSTGRES_TRAILER,
     dump_plan,
+    fingerprint_command,
+    fingerprint_valid,
     load_command,
     redis_cli,
     redis_env,
@@ -116,6 +118,46 @@ def test_password_is_resolved_inside_the_container_never_in_argv(container_env, 
     lines = result.stdout.splitlines()
     assert lines[1] == f"pwd: {expected}"
     assert SECRET not in lines[0]
+
+
+@pytest.mark.parametrize("engine", ["mariadb", "mysql", "postgres"])
+def test_fingerprint_query_gets_the_password_from_the_container_never_in_argv(engine, tmp_path):
+    command = fingerprint_command(spec(engine))
+    assert command is not None
+    if engine == "postgres":
+        env, tools = {"POSTGRES_PASSWORD": SECRET}, {"psql": 'echo "argv: $*"; echo "pwd: ${PGPASSWORD-<unset>}"\n'}
+    else:
+        env, tools = {"MYSQL_ROOT_PASSWORD": SECRET}, {"mysql": 'echo "argv: $*"; echo "pwd: ${MYSQL_PWD-<unset>}"\n'}
+    result = run_command(command, env, tmp_path, tools)
+    assert result.returncode == 0, result.stderr
+    argv, pwd = result.stdout.splitlines()[:2]
+    assert pwd == f"pwd: {SECRET}"
+    assert SECRET not in argv and SECRET not in " ".join(command.argv)
+    # the query itself reaches the client intact
+    assert ("pg_current_wal_insert_lsn()" if engine == "postgres" else "Innodb_lsn_current") in argv
+
+
+def test_engines_without_a_fingerprint_are_always_dumped():
+    assert fingerprint_command(spec("redis")) is None
+    assert fingerprint_command(spec("mongodb")) is None
+    assert not fingerprint_valid("redis", "anything")
+
+
+@pytest.mark.parametrize(
+    ("engine", "output", "valid"),
+    [
+        ("mariadb", "Handler_delete\t0\nHandler_update\t2\nHandler_write\t5\nInnodb_lsn_current\t48062\n", True),
+        ("mysql", "Com_create_view\t1\nHandler_delete\t0\nHandler_update\t2\nHandler_write\t5\n", True),
+        ("mariadb", "Handler_update\t2\nHandler_write\t5\n", False),  # a counter missing: no fingerprint
+        ("mariadb", "ERROR 1227 (42000): Access denied\n", False),
+        ("mariadb", "", False),
+        ("postgres", "0/1527270|2026-11-27 02:06:47.462943+00|f\n", True),
+        ("postgres", "0/1527270|2026-11-27 02:06:47.462943+00|t\n", False),  # a standby
+        ("postgres", "psql: error: connection to server failed\n", False),
+    ],
+)
+def test_fingerprint_output_is_checked(engine, output, valid):
+    assert fingerprint_valid(engine, output) is valid
 
 
 def test_the_first_tool_present_runs_and_a_missing_tool_is_a_clear_error(tmp_path):

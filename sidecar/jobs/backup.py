@@ -277,8 +277,10 @@ def backup_app_locked(
     include_database: bool = True,
     include_volumes: bool = True,
     backup_id: str | None = None,
+    reuse_unchanged_dumps: bool = False,
 ) -> AppBackupResult:
-    """`backup_app` for a caller that holds the app's lock (a restore's safety snapshot)."""
+    """`backup_app` for a caller that holds the app's lock (a restore's safety snapshot, which
+    passes `reuse_unchanged_dumps`: see `dump_databases`)."""
     policy = app.policy
     volumes = app.backup_volumes() if include_volumes else []
     restart_left_stopped(ctx.client, ctx.state_dir)
@@ -301,8 +303,11 @@ def backup_app_locked(
         )
         session = BackupSession(ctx.repo, options, progress)
         if include_database:
-            for record in dump_databases(ctx.client, app, session):
-                sources.append({"source": record.name, "engine": record.engine, "bytes": record.stats.bytes})
+            for record in dump_databases(ctx.client, app, session, reuse_unchanged_dumps):
+                source = {"source": record.name, "engine": record.engine, "bytes": record.stats.bytes}
+                if record.reused_from:
+                    source["reused_from"] = record.reused_from
+                sources.append(source)
             ctx.on_phase("dumped", app)
         ledger = StoppedLedger(ctx.state_dir, app.app_id)
         try:

@@ -9,6 +9,7 @@ otherwise the backup fails and no snapshot is written.
 
 from __future__ import annotations
 
+import hashlib
 import io
 import logging
 import posixpath
@@ -21,7 +22,17 @@ from typing import BinaryIO
 import docker
 import docker.errors
 
-from sidecar.databases import POSTGRES_HARMLESS, DumpPlan, dump_plan, load_command, redis_cli, redis_env, source_name
+from sidecar.databases import (
+    POSTGRES_HARMLESS,
+    DumpPlan,
+    dump_plan,
+    fingerprint_command,
+    fingerprint_valid,
+    load_command,
+    redis_cli,
+    redis_env,
+    source_name,
+)
 from sidecar.docker.apps import App, ContainerInfo
 from sidecar.docker.execs import ExecStream, run_shell, run_with_stdin
 from sidecar.errors import BackupCreateFailed, RestoreFailed
@@ -32,6 +43,7 @@ from sidecar.repo.snapshot import SourceRecord
 log = logging.getLogger(__name__)
 
 REDIS_SAVE_TIMEOUT = 600.0
+FINGERPRINT_TIMEOUT = 30.0
 
 
 def _container(app: App, spec: DbSpec) -> ContainerInfo:
@@ -41,13 +53,24 @@ def _container(app: App, spec: DbSpec) -> ContainerInfo:
     return container
 
 
-def dump_databases(client: docker.DockerClient, app: App, session: BackupSession) -> list[SourceRecord]:
-    """Dump every `websoft9.backup.db` container of `app` into `session`."""
+def dump_databases(
+    client: docker.DockerClient, app: App, session: BackupSession, reuse_unchanged: bool = False
+) -> list[SourceRecord]:
+    """Dump every `websoft9.backup.db` container of `app` into `session`. With `reuse_unchanged`
+    (a restore's safety snapshot), a database whose server shows no write since the parent
+    snapshot's dump of it began is carried over from that snapshot instead of dumped again."""
     records = []
     for spec in app.policy.databases:
         container = _container(app, spec)
         t0 = time.monotonic()
+        fingerprint = read_fingerprint(client, container, spec)
+        if reuse_unchanged and fingerprint is not None:
+            reused = _reuse_unchanged(app, container, spec, session, fingerprint)
+            if reused is not None:
+                records.append(reused)
+                continue
         record = dump_database(client, container, spec, session)
+        record.fingerprint = fingerprint
         log.info(
             "app %s: %s dump of %s: %d bytes in %.1f s",
             app.app_id,
@@ -58,6 +81,56 @@ def dump_databases(client: docker.DockerClient, app: App, session: BackupSession
         )
         records.append(record)
     return records
+
+
+def read_fingerprint(client: docker.DockerClient, container: ContainerInfo, spec: DbSpec) -> str | None:
+    """The server's change fingerprint (sidecar.databases) as a hash that also names the
+    container and when it started; None when the engine has none or it cannot be read."""
+    command = fingerprint_command(spec)
+    if command is None:
+        return None
+    try:
+        started = (client.api.inspect_container(container.id).get("State") or {}).get("StartedAt", "")
+        result = run_shell_argv(client, container.id, list(command.argv), command.env, timeout=FINGERPRINT_TIMEOUT)
+    except docker.errors.DockerException as exc:
+        log.info("%s in %s: no change fingerprint (%s); it is dumped every time", spec.engine, container.name, exc)
+        return None
+    if result.exit_code != 0 or not fingerprint_valid(spec.engine, result.output):
+        log.info(
+            "%s in %s: no change fingerprint (exit %s: %s); it is dumped every time",
+            spec.engine,
+            container.name,
+            result.exit_code,
+            result.output[-200:].strip(),
+        )
+        return None
+    text = "\n".join((spec.engine, container.id, started, result.output.strip()))
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def _reuse_unchanged(
+    app: App, container: ContainerInfo, spec: DbSpec, session: BackupSession, fingerprint: str
+) -> SourceRecord | None:
+    parent = session.parent
+    name = source_name(spec, container.service)
+    if parent is None or session.backup_type == "full":
+        return None
+    previous = parent.source(name)
+    if previous is None or previous.fingerprint != fingerprint or previous.engine != spec.engine:
+        return None
+    try:
+        record = session.reuse_source(previous, parent.id)
+    except BackupCreateFailed as exc:
+        log.warning("app %s: %s; dumping %s again", app.app_id, exc, container.name)
+        return None
+    log.info(
+        "app %s: %s in %s unchanged since the dump of snapshot %s began (no write since): its dump is reused",
+        app.app_id,
+        spec.engine,
+        container.name,
+        parent.id[:8],
+    )
+    return record
 
 
 def dump_database(
@@ -100,10 +173,10 @@ def _redis_cli(client: docker.DockerClient, container: ContainerInfo, env: dict,
     return result.output
 
 
-def run_shell_argv(client: docker.DockerClient, container: str, argv: list[str], env: dict):
+def run_shell_argv(client: docker.DockerClient, container: str, argv: list[str], env: dict, timeout: float = 120):
     """An argv run through run_shell's timeout and kill handling."""
     quoted = " ".join("'" + a.replace("'", "'\"'\"'") + "'" for a in argv)
-    return run_shell(client, container, quoted, env=env, timeout=120)
+    return run_shell(client, container, quoted, env=env, timeout=timeout)
 
 
 def _dump_redis(

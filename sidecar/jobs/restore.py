@@ -138,7 +138,11 @@ def restore_app(
             progress("safety snapshot", 0, 0)
             try:
                 safety = backup_app_locked(
-                    ctx, app, tags=[SAFETY_TAG], description=f"before restoring {snapshot.id[:8]}"
+                    ctx,
+                    app,
+                    tags=[SAFETY_TAG],
+                    description=f"before restoring {snapshot.id[:8]}",
+                    reuse_unchanged_dumps=True,
                 ).snapshot
             except BackupError as exc:
                 raise RestoreFailed(

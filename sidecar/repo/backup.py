@@ -16,7 +16,7 @@ import socket
 import stat
 import time
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from stat import S_ISREG
 from typing import BinaryIO, Protocol
@@ -293,6 +293,38 @@ class BackupSession:
         self.sources.append(record)
         if self.progress:
             self.progress.add(1, 0)
+        return record
+
+    def reuse_source(self, source: SourceRecord, snapshot_id: str) -> SourceRecord:
+        """Carry `source` of snapshot `snapshot_id` over into this backup unchanged (a database
+        whose server shows no write since that dump: see sidecar.jobs.dumps). Refused with
+        BackupCreateFailed when any blob it needs is no longer indexed."""
+        self._new_source_name(source.name)
+        index = self.repo.index()
+        ids = [bytes.fromhex(h) for h in source.tree]
+        needed = list(ids)
+        if index.has_all(ids):
+            for line in tree.read_lines(ids, self.repo.load_blob):
+                blobs = tree.line_blob_ids(line)
+                if blobs is None:
+                    blobs = [bytes.fromhex(h) for h in tree.parse_line(line).get("blobs", [])]
+                needed += blobs
+        if not index.has_all(needed):
+            raise BackupCreateFailed(f"source {source.name} of snapshot {snapshot_id[:8]} is no longer complete")
+        stats = self._new_stats()
+        stats.files, stats.dirs, stats.other, stats.bytes = (
+            source.stats.files,
+            source.stats.dirs,
+            source.stats.other,
+            source.stats.bytes,
+        )
+        stats.reused_files = source.stats.files
+        self.plan(stats.bytes)
+        self.check_size()
+        record = replace(source, tree=list(source.tree), stats=stats, reused_from=snapshot_id)
+        self.sources.append(record)
+        if self.progress:
+            self.progress.add(stats.files, 0)
         return record
 
     # ---- finishing -------------------------------------------------------------------

@@ -50,19 +50,31 @@ class SourceRecord:
     stats: SourceStats = field(default_factory=SourceStats)
     engine: str | None = None
     root_path: str | None = None  # where it was read from (informational)
+    # a database dump: the server's change counters just before it began (see sidecar.databases)
+    fingerprint: str | None = None
+    # the snapshot whose dump this one carries over, the server unchanged since (a safety snapshot)
+    reused_from: str | None = None
 
     def to_json(self) -> dict:
         doc = {"name": self.name, "kind": self.kind, "tree": self.tree, "stats": asdict(self.stats)}
-        if self.engine:
-            doc["engine"] = self.engine
-        if self.root_path:
-            doc["root_path"] = self.root_path
+        for key in ("engine", "root_path", "fingerprint", "reused_from"):
+            if getattr(self, key):
+                doc[key] = getattr(self, key)
         return doc
 
     @classmethod
     def from_json(cls, doc: dict) -> SourceRecord:
         stats = SourceStats(**{k: v for k, v in doc.get("stats", {}).items() if k in SourceStats.__dataclass_fields__})
-        return cls(doc["name"], doc["kind"], list(doc["tree"]), stats, doc.get("engine"), doc.get("root_path"))
+        return cls(
+            doc["name"],
+            doc["kind"],
+            list(doc["tree"]),
+            stats,
+            doc.get("engine"),
+            doc.get("root_path"),
+            doc.get("fingerprint"),
+            doc.get("reused_from"),
+        )
 
 
 @dataclass
