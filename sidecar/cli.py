@@ -284,7 +284,12 @@ def cmd_snapshots(args: argparse.Namespace, settings: Settings) -> int:
                     "description": s.description,
                     "hostname": s.hostname,
                     "sources": [
-                        {"name": x.name, "kind": x.kind, **({"engine": x.engine} if x.engine else {})}
+                        {
+                            "name": x.name,
+                            "kind": x.kind,
+                            **({"engine": x.engine} if x.engine else {}),
+                            **({"reused_from": x.reused_from} if x.reused_from else {}),
+                        }
                         for x in s.sources
                     ],
                     "totals": s.to_json()["totals"],

@@ -348,7 +348,13 @@ class Operations:
         if row.status == "completed" and row.snapshot_id:
             snap = self._snapshot(self.open_repo(), row)
             doc["sources"] = [
-                {"name": s.name, "kind": s.kind, "engine": s.engine, "stats": s.to_json()["stats"]}
+                {
+                    "name": s.name,
+                    "kind": s.kind,
+                    "engine": s.engine,
+                    "stats": s.to_json()["stats"],
+                    **({"reused_from": s.reused_from} if s.reused_from else {}),
+                }
                 for s in snap.sources
             ]
             doc["warnings"] = snap.warnings

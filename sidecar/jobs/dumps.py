@@ -112,8 +112,11 @@ def _reuse_unchanged(
     app: App, container: ContainerInfo, spec: DbSpec, session: BackupSession, fingerprint: str
 ) -> SourceRecord | None:
     parent = session.parent
+    if parent is None:  # a full backup has none: the app's latest snapshot
+        snapshots = session.repo.list_snapshots(app.app_id)
+        parent = snapshots[-1] if snapshots else None
     name = source_name(spec, container.service)
-    if parent is None or session.backup_type == "full":
+    if parent is None:
         return None
     previous = parent.source(name)
     if previous is None or previous.fingerprint != fingerprint or previous.engine != spec.engine:

@@ -72,38 +72,43 @@ def size_limit_from_env() -> int | None:
 
 class _ParentCursor:
     """Finds walked paths among the parent listing's raw lines, which are in the
-    same order; a line is parsed only when its path cannot be read off it."""
+    same order; a line's path is read off it only when a walked path does not
+    match the line at the cursor outright, and parsed only when it cannot be read off."""
 
     def __init__(self, lines: Iterator[bytes]) -> None:
         self._lines = lines
-        self.line: bytes | None = None
         self._plain = False  # the line's path was read off it: JSON holds it as is
         self.found_plain = False  # so was the path of the line `find` returned last
-        self._path = b""
+        self._path: bytes | None = None  # of `line`, once read
         self._key = b""
-        self._advance()
+        self.line: bytes | None = next(lines, None)
 
-    def _advance(self) -> None:
-        line = self.line = next(self._lines, None)
-        if line is not None:
-            path = tree.line_path(line)
-            self._plain = path is not None
-            self._path = path = tree.entry_path(tree.parse_line(line)) if path is None else path
-            self._key = order_key(path)
+    def take(self) -> None:
+        """Move past the line at the cursor (the caller matched it)."""
+        self.line = next(self._lines, None)
+        self._path = None
+
+    def _read_path(self, line: bytes) -> bytes:
+        path = tree.line_path(line)
+        self._plain = path is not None
+        self._path = path = tree.entry_path(tree.parse_line(line)) if path is None else path
+        self._key = order_key(path)
+        return path
 
     def find(self, rel: bytes) -> bytes | None:
         """The parent's line of `rel` (the cursor moves past it), or None."""
         key = None
-        while self.line is not None:
-            if self._path == rel:
-                line, self.found_plain = self.line, self._plain
-                self._advance()
+        while (line := self.line) is not None:
+            path = self._path if self._path is not None else self._read_path(line)
+            if path == rel:
+                self.found_plain = self._plain
+                self.take()
                 return line
             if key is None:
                 key = order_key(rel)
             if self._key > key:
                 return None
-            self._advance()
+            self.take()
         return None
 
 
@@ -400,9 +405,18 @@ class _TreeScan:
         from the stat equal, so the same ctime: the same xattrs too, as setting one
         changes the ctime) and all its data is still in the repository; it is
         reused verbatim, so unchanged listings stay byte-identical."""
-        if self.parent is None:
-            return None
         parent = self.parent
+        if parent is None:
+            return None
+        line = parent.line
+        if line is not None and b'"' not in rel and b"\\" not in rel:
+            # most often the line at the cursor is this very file, unchanged: its line then starts with
+            # the head made from the stat. With no quote or backslash in `rel`, that prefix can only
+            # be this path's (JSON holds it as is; a control character or non-UTF-8 would be escaped)
+            head = file_line_head(rel, st)
+            if line.startswith(head) and line[len(head) : len(head) + 1] == b",":
+                parent.take()
+                return line if self._indexed(line) else None
         line = parent.find(rel)
         if line is None:
             return None
@@ -410,14 +424,29 @@ class _TreeScan:
         head = file_line_head(rel, st) if parent.found_plain else tree.encode_entry(entry_from_stat(rel, st))[:-2]
         if not line.startswith(head) or line[len(head) : len(head) + 1] != b",":
             return None
+        return line if self._indexed(line) else None
+
+    def _indexed(self, line: bytes) -> bool:
+        """Whether all the data of a parent's file line is still in the repository (if not,
+        the file is read again)."""
+        if line[-78:-67] == b',"blobs":["' and line[-3:] == b'"]}':  # one blob: `tree.line_blob_ids` inlined
+            try:
+                return bytes.fromhex(line[-67:-3].decode("ascii")) in self.index
+            except (UnicodeDecodeError, ValueError):
+                pass
         blobs = tree.line_blob_ids(line)
         if blobs is None:
             blobs = [bytes.fromhex(h) for h in tree.parse_line(line).get("blobs", [])]
-        # some of its data gone from the repository: read it again
-        return line if self.index.has_all(blobs) else None
+        if len(blobs) == 1:
+            return blobs[0] in self.index
+        return self.index.has_all(blobs)
 
     def run(self) -> list[bytes]:
         pending = self.pending
+        stats = self.stats
+        session = self.session
+        progress = session.progress
+        add_line = self.listing.add_line
         assert self.walker is not None
         for rel, path, st in self.walker:
             if S_ISREG(st.st_mode):
@@ -430,15 +459,20 @@ class _TreeScan:
                     self.links[(st.st_dev, st.st_ino)] = rel
                 line = self._reusable(rel, st)
                 if line is not None:
-                    self.stats.reused_files += 1
-                    self.session.plan(st.st_size)
+                    size = st.st_size
+                    stats.reused_files += 1
+                    session._planned += size  # session.plan(size), inlined
                     if pending:  # behind files still being read: keep the order
-                        pending.append((line, None, st.st_size))
+                        pending.append((line, None, size))
                         self._emit_ready()
                         if len(pending) > MAX_PENDING:
                             self._wait_head()
-                    else:
-                        self._add_line(line, st.st_size)
+                    else:  # self._add_line(line, size), inlined
+                        stats.files += 1
+                        stats.bytes += size
+                        if progress:
+                            progress.add(1, size)
+                        add_line(line)
                     continue
             entry = entry_from_stat(rel, st)
             kind = entry["type"]
