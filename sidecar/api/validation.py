@@ -11,6 +11,28 @@ from flask import Request
 
 from sidecar.errors import InvalidRequest
 
+MAX_DEPTH = 64  # of a request body's arrays and objects; the API's own bodies have 3
+
+
+def json_depth(doc: Any) -> int:
+    """How deeply arrays and objects nest in a parsed JSON document (a scalar: 0); stops
+    counting past MAX_DEPTH. Iterative, so it cannot itself run out of stack."""
+    deepest = 0
+    stack: list[tuple[Any, int]] = [(doc, 1)]
+    while stack:
+        value, level = stack.pop()
+        if isinstance(value, dict):
+            children: Iterable[Any] = value.values()
+        elif isinstance(value, list):
+            children = value
+        else:
+            continue
+        deepest = max(deepest, level)
+        if level > MAX_DEPTH:
+            return level
+        stack.extend((child, level + 1) for child in children)
+    return deepest
+
 
 class Body:
     """A JSON object body; `done()` refuses fields nobody asked for."""
@@ -22,8 +44,12 @@ class Body:
         else:
             try:  # any content type: the body is JSON or it is refused
                 doc = json.loads(raw)
-            except (ValueError, RecursionError):  # RecursionError: nested deeper than the parser goes
+            except RecursionError:  # nested deeper than the parser goes (which depends on the thread's stack)
+                raise InvalidRequest(f"body: nested deeper than {MAX_DEPTH} levels") from None
+            except ValueError:
                 raise InvalidRequest("body: not valid JSON") from None
+            if json_depth(doc) > MAX_DEPTH:  # the same answer whatever the stack a request thread has
+                raise InvalidRequest(f"body: nested deeper than {MAX_DEPTH} levels")
             if not isinstance(doc, dict):
                 raise InvalidRequest(f"body: must be a JSON object, got {_json_type(doc)}")
             self.doc = doc

@@ -23,6 +23,7 @@ from hypothesis import strategies as st
 
 from sidecar.api import MAX_BODY, PREFIX, create_app
 from sidecar.api.openapi import SCHEMAS, spec
+from sidecar.api.validation import MAX_DEPTH, json_depth
 from sidecar.catalog.schedules import FREQUENCIES
 from sidecar.repo.snapshot import BACKUP_TYPES
 from tests.api.conftest import API_KEY, ApiEnv, fake_host, sqlite_env
@@ -206,6 +207,9 @@ def check_body(
             body = None
     else:  # as the server reads it: an escaped surrogate pair, for one, arrives as one character
         body = json.loads(json.dumps(body))
+    if json_depth(body) > MAX_DEPTH:
+        assert status == 400 and message == f"body: nested deeper than {MAX_DEPTH} levels", doc
+        return doc
     if not isinstance(body, dict):
         assert status == 400 and message.startswith("body: "), (raw[:200] if raw is not None else body, doc)
         return doc

@@ -187,3 +187,31 @@ def test_order_key_sorts_like_the_tree_order():
     paths.update([b"a", b"a/b", b"a-c", b"a.b", b"a/b/c", b"a\x01"])
     by_tree = sorted(paths, key=tree.path_key)
     assert sorted(paths, key=order_key) == by_tree
+
+
+@pytest.mark.parametrize(
+    ("walked", "listed"),
+    [
+        (b'a\\"', b'a"'),  # `a\"` walked where the parent listed `a"`: the same raw text in a line
+        (b"b\\\\", b"b\\"),  # `b\\` walked, the parent listed `b\`
+    ],
+)
+def test_the_line_at_the_cursor_is_never_taken_for_a_path_json_would_escape(repo, tmp_path, walked, listed):
+    """The fast match compares the raw path with the parent's line; a path holding a quote or
+    a backslash must not match the line of another file whose escaped path reads the same."""
+    from sidecar.repo.backup import _ParentCursor, _TreeScan
+    from sidecar.repo.snapshot import SourceStats
+
+    (tmp_path / "f").write_bytes(b"x")
+    st = os.lstat(tmp_path / "f")
+    entry = entry_from_stat(listed, st)
+    entry["blobs"] = []
+    line = tree.encode_entry(entry).rstrip(b"\n")
+    assert line.startswith(file_line_head(walked, st))  # the trap: the raw head matches that line
+    with BackupSession(repo, BackupOptions(app_id="t")) as session:
+        scan = _TreeScan(session, "data", os.fsencode(tmp_path), SourceStats(), ())
+        scan.parent = _ParentCursor(iter([line]))
+        assert scan._reusable(walked, st) is None
+        scan.parent = _ParentCursor(iter([line]))
+        assert scan._reusable(listed, st) == line  # the file the line is for
+        session.abort()
