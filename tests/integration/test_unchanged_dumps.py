@@ -104,6 +104,9 @@ def test_safety_snapshots_reuse_a_dump_only_while_nothing_was_written(
     again = safety()
     assert again.source("database:db").reused_from == first.id
     assert again.source("database:db").tree == first.source("database:db").tree
+    # a safety snapshot of an app whose policy says full has no parent: the latest snapshot's dump is reused
+    full = backup_app_locked(ctx, app, backup_type="full", tags=["pre-restore"], reuse_unchanged_dumps=True).snapshot
+    assert full.backup_type == "full" and full.source("database:db").reused_from == again.id
     assert backup_app(ctx, app).snapshot.source("database:db").reused_from is None  # only safety snapshots reuse
 
     for what, statement, marker in WRITES[engine]:
