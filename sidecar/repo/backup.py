@@ -15,7 +15,7 @@ import os
 import socket
 import stat
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from stat import S_ISREG
@@ -23,7 +23,7 @@ from typing import BinaryIO, Protocol
 
 from sidecar import __version__
 from sidecar.errors import BackupCreateFailed, InvalidRequest, QuotaExceeded
-from sidecar.repo import tree
+from sidecar.repo import forked, tree
 from sidecar.repo.blobwriter import BlobWriter, FileBatch
 from sidecar.repo.fsmeta import XattrReader, entry_from_stat, file_line_head
 from sidecar.repo.locks import SHARED
@@ -38,6 +38,10 @@ log = logging.getLogger(__name__)
 BATCH_FILES = 64
 BATCH_BYTES = 4 << 20
 MAX_PENDING = 4096  # entries walked but not yet written to the listing
+# an incremental backup compares a tree of this many entries (its parent's count) on two cores
+SPLIT_MIN_ENTRIES = 50_000
+SPLIT_MAX_ENTRIES = 2_000_000  # the parent listing is held in memory meanwhile (~200 bytes a line)
+_UNCHANGED, _OTHER, _ERROR = 0, 1, 2  # what the child says of an entry
 
 
 class Progress(Protocol):
@@ -110,6 +114,21 @@ class _ParentCursor:
                 return None
             self.take()
         return None
+
+
+def split_index(count: int) -> int:
+    """Where a parent listing of `count` lines (count >= 2) is cut in two for a split scan."""
+    return count // 2
+
+
+def _before(
+    entries: Iterable[tuple[bytes, bytes, os.stat_result]], key: bytes
+) -> Iterator[tuple[bytes, bytes, os.stat_result]]:
+    """The entries of a walk (in tree order) up to the first whose order key is `key` or after."""
+    for entry in entries:
+        if order_key(entry[0]) >= key:
+            return
+        yield entry
 
 
 def order_key(path: bytes) -> bytes:
@@ -442,13 +461,131 @@ class _TreeScan:
         return self.index.has_all(blobs)
 
     def run(self) -> list[bytes]:
-        pending = self.pending
-        stats = self.stats
-        session = self.session
-        progress = session.progress
-        add_line = self.listing.add_line
         assert self.walker is not None
-        for rel, path, st in self.walker:
+        split = self._split_plan()
+        if split is None:
+            self._walk(self.walker, self._reusable)
+        else:
+            self._run_split(*split)
+        self._flush_batch()
+        while self.pending:
+            self._wait_head()
+        return self.listing.finish()
+
+    # ---- the tree in two halves (an incremental backup of a large tree) -----------------
+
+    def _split_plan(self) -> tuple[list[bytes], int] | None:
+        """The parent listing's lines and the index of the first one the second half starts at,
+        when the tree is worth comparing on two cores (see sidecar.repo.forked)."""
+        session = self.session
+        if self.parent is None or session.parent is None or not forked.available():
+            return None
+        source = session.parent.source(self.name)
+        if source is None:
+            return None
+        entries = source.stats.files + source.stats.dirs + source.stats.other
+        if not SPLIT_MIN_ENTRIES <= entries <= SPLIT_MAX_ENTRIES:
+            return None
+        lines = list(tree.read_lines([bytes.fromhex(h) for h in source.tree], session.repo.load_blob))
+        if len(lines) < 2:
+            return None
+        return lines, split_index(len(lines))
+
+    def _run_split(self, lines: list[bytes], mid: int) -> None:
+        """Entries before the parent's line `mid` (in tree order) are walked here, the others in
+        a forked child at the same time; the child says which of its files are unchanged (their
+        lines) and hands everything else back to be handled here, in order."""
+        assert self.walker is not None
+        start = tree.line_path(lines[mid]) or tree.entry_path(tree.parse_line(lines[mid]))
+        tail = lines[mid:]
+        self.parent = _ParentCursor(iter(lines[:mid]))
+
+        def second_half() -> list[tuple]:
+            self.parent = _ParentCursor(iter(tail))
+            return self._compare_half(start)
+
+        child = forked.Forked(second_half)
+        try:
+            self._walk(_before(self.walker, order_key(start)), self._reusable)
+            items = child.result()
+        finally:
+            child.close()
+        if items is None:  # the child failed: that half here too
+            log.info("%s: the second half of the tree is compared in this process (its helper failed)", self.name)
+            self.parent = _ParentCursor(iter(tail))
+            self._walk(self.walker.iter_from(start), self._reusable)
+            return
+        for item in items:
+            if item[0] == _UNCHANGED:
+                self._reused(item[1], item[2])
+            elif item[0] == _OTHER:
+                rel, path, line = item[1], item[2], item[3]
+                try:
+                    st = os.lstat(path)
+                except OSError as exc:
+                    self.session._warn(self.name, rel, f"cannot stat: {exc.strerror}")
+                    continue
+                self._walk(((rel, path, st),), lambda r, s, line=line: self._verified(line, r, s))
+            else:
+                self.session._warn(self.name, item[1], item[2])
+
+    def _compare_half(self, start: bytes) -> list[tuple]:
+        """In the child: walk from `start` and compare with the parent. An unchanged file with
+        one link is (_UNCHANGED, its line, its size); any other entry is (_OTHER, rel, path,
+        the parent's line if it looked unchanged); a walk error is (_ERROR, rel, message)."""
+        assert self.walker is not None
+        items: list[tuple] = []
+        self.walker.on_error = lambda rel, message: items.append((_ERROR, rel, message))
+        reusable = self._reusable
+        for rel, path, st in self.walker.iter_from(start):
+            if S_ISREG(st.st_mode):
+                line = reusable(rel, st)
+                if line is not None and st.st_nlink == 1:
+                    items.append((_UNCHANGED, line, st.st_size))
+                else:
+                    items.append((_OTHER, rel, path, line))
+            else:
+                items.append((_OTHER, rel, path, None))
+        return items
+
+    def _verified(self, line: bytes | None, rel: bytes, st: os.stat_result) -> bytes | None:
+        """A parent line the child found for `rel`, checked again against this process's stat."""
+        if line is None:
+            return None
+        head = tree.encode_entry(entry_from_stat(rel, st))[:-2]
+        if not line.startswith(head) or line[len(head) : len(head) + 1] != b",":
+            return None
+        return line if self._indexed(line) else None
+
+    # ---- walking -------------------------------------------------------------------------
+
+    def _reused(self, line: bytes, size: int) -> None:
+        """An unchanged file: its parent line goes into the listing, in order."""
+        stats = self.stats
+        stats.reused_files += 1
+        self.session._planned += size  # session.plan(size), inlined
+        pending = self.pending
+        if pending:  # behind files still being read: keep the order
+            pending.append((line, None, size))
+            self._emit_ready()
+            if len(pending) > MAX_PENDING:
+                self._wait_head()
+        else:  # self._add_line(line, size), inlined
+            stats.files += 1
+            stats.bytes += size
+            progress = self.session.progress
+            if progress:
+                progress.add(1, size)
+            self.listing.add_line(line)
+
+    def _walk(
+        self,
+        entries: Iterable[tuple[bytes, bytes, os.stat_result]],
+        reusable: Callable[[bytes, os.stat_result], bytes | None],
+    ) -> None:
+        pending = self.pending
+        reused = self._reused
+        for rel, path, st in entries:
             if S_ISREG(st.st_mode):
                 if st.st_nlink > 1:
                     first = self.links.get((st.st_dev, st.st_ino))
@@ -457,22 +594,9 @@ class _TreeScan:
                         self._emit_ready()
                         continue
                     self.links[(st.st_dev, st.st_ino)] = rel
-                line = self._reusable(rel, st)
+                line = reusable(rel, st)
                 if line is not None:
-                    size = st.st_size
-                    stats.reused_files += 1
-                    session._planned += size  # session.plan(size), inlined
-                    if pending:  # behind files still being read: keep the order
-                        pending.append((line, None, size))
-                        self._emit_ready()
-                        if len(pending) > MAX_PENDING:
-                            self._wait_head()
-                    else:  # self._add_line(line, size), inlined
-                        stats.files += 1
-                        stats.bytes += size
-                        if progress:
-                            progress.add(1, size)
-                        add_line(line)
+                    reused(line, st.st_size)
                     continue
             entry = entry_from_stat(rel, st)
             kind = entry["type"]
@@ -501,10 +625,6 @@ class _TreeScan:
             self._emit_ready()
             if len(pending) > MAX_PENDING:
                 self._wait_head()
-        self._flush_batch()
-        while pending:
-            self._wait_head()
-        return self.listing.finish()
 
     @staticmethod
     def _hardlink(entry: dict, rel: bytes, first: bytes) -> dict:

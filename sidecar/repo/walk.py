@@ -77,7 +77,32 @@ class Walker:
     def __iter__(self) -> Iterator[tuple[bytes, bytes, os.stat_result]]:
         st = os.lstat(self.root)
         yield b".", self.root, st
-        stack = [self._children(self.root, b".")]
+        yield from self._below(self.root, b".")
+
+    def iter_from(self, start: bytes) -> Iterator[tuple[bytes, bytes, os.stat_result]]:
+        """The entries at or after the relative path `start` in tree order (the walk's tail, as
+        `__iter__` would yield it): `start`'s ancestors are entered, not yielded. `start` need
+        not exist any more."""
+        if start == b".":
+            return iter(self)
+        return self._from(self.root, b".", start.split(b"/"))
+
+    def _from(self, path: bytes, rel: bytes, parts: list[bytes]) -> Iterator[tuple[bytes, bytes, os.stat_result]]:
+        name, rest = parts[0], parts[1:]
+        for child_rel, child_path, st in self._children(path, rel):
+            child_name = child_rel[child_rel.rfind(b"/") + 1 :]
+            if child_name < name:
+                continue
+            if child_name == name and rest:  # an ancestor of `start`: before it, so not yielded
+                if stat.S_ISDIR(st.st_mode):
+                    yield from self._from(child_path, child_rel, rest)
+                continue
+            yield child_rel, child_path, st
+            if stat.S_ISDIR(st.st_mode):
+                yield from self._below(child_path, child_rel)
+
+    def _below(self, path: bytes, rel: bytes) -> Iterator[tuple[bytes, bytes, os.stat_result]]:
+        stack = [self._children(path, rel)]
         while stack:
             for rel, path, st in stack[-1]:
                 yield rel, path, st

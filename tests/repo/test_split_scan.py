@@ -1,0 +1,142 @@
+"""An incremental backup of a large tree compares its second half in a forked child:
+the listing must be byte for byte the one a single process makes, wherever the cut
+falls, whatever changed on either side, and when the child fails."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from bench.treecompare import compare
+from sidecar.errors import QuotaExceeded
+from sidecar.repo import backup as backup_module
+from sidecar.repo import forked
+from sidecar.repo.backends.local import LocalBackend
+from sidecar.repo.backup import BackupOptions, BackupSession, order_key
+from sidecar.repo.repository import Repository
+from sidecar.repo.restore import restore_snapshot
+from sidecar.repo.walk import Walker
+
+
+@pytest.fixture
+def repo(tmp_path: Path) -> Repository:
+    return Repository.init(LocalBackend(tmp_path / "repo"), b"k")
+
+
+@pytest.fixture
+def split(monkeypatch):
+    """Split every incremental scan (any size, any machine)."""
+    monkeypatch.setattr(backup_module, "SPLIT_MIN_ENTRIES", 1)
+    monkeypatch.setattr(forked, "available", lambda: True)
+
+
+def make_tree(root: Path) -> None:
+    for d in range(6):
+        sub = root / f"d{d}" / ("deep" if d % 2 else "")
+        sub.mkdir(parents=True, exist_ok=True)
+        for f in range(12):
+            (sub / f"f{f:02d}.txt").write_bytes(b"%d-%d\n" % (d, f) * (f + 1))
+    (root / "d1" / "big.bin").write_bytes(os.urandom(3 << 20))
+    (root / "a.b").write_text("sorts after d? no: before")
+    (root / 'quote"name').write_text("json escapes this name")
+    (root / "back\\slash").write_text("and this one")
+    os.link(root / "d0" / "f00.txt", root / "d5" / "hardlink-to-d0")
+    os.symlink("d0/f01.txt", root / "link")
+    (root / "empty-dir").mkdir()
+
+
+def change_tree(root: Path) -> None:
+    (root / "d0" / "f03.txt").write_text("changed in the first half")
+    (root / "d5" / "deep" / "f04.txt").write_text("changed in the second half")
+    (root / "d4" / "f05.txt").unlink()
+    (root / "d2" / "new.txt").write_text("new")
+    (root / "d3" / "deep" / "new-dir").mkdir()
+    os.link(root / "d5" / "deep" / "f06.txt", root / "d0" / "second-link")  # a new pair across the cut
+    (root / "empty-dir").rmdir()
+    (root / "empty-dir").write_text("a directory became a file")
+
+
+def back_up(repo: Repository, root: Path, backup_type: str = "incremental"):
+    with BackupSession(repo, BackupOptions(app_id="t", backup_type=backup_type)) as session:
+        session.add_tree("data", str(root))
+        return session.commit()
+
+
+def test_iter_from_is_the_tail_of_the_walk(tmp_path):
+    root = tmp_path / "t"
+    root.mkdir()
+    make_tree(root)
+    walker = Walker(os.fsencode(root))
+    walk = [rel for rel, _, _ in walker]
+    starts = walk + [rel + b"0" for rel in walk] + [b"d1/zzz/deeper", b"a", b"zzzz", b"d3/deep/f00.txt/x"]
+    for start in starts:
+        expected = [rel for rel in walk if order_key(rel) >= order_key(start)]
+        assert [rel for rel, _, _ in walker.iter_from(start)] == expected, start
+
+
+@pytest.mark.parametrize("cut", ["first", "third", "middle", "last"])
+def test_a_split_incremental_lists_what_one_process_lists(repo, tmp_path, split, monkeypatch, cut):
+    root = tmp_path / "t"
+    root.mkdir()
+    make_tree(root)
+    first = back_up(repo, root, "full")
+    cuts = {"first": lambda n: 1, "third": lambda n: n // 3, "middle": lambda n: n // 2, "last": lambda n: n - 1}
+    monkeypatch.setattr(backup_module, "split_index", cuts[cut])
+    unchanged = back_up(repo, root)
+    assert unchanged.source("data").tree == first.source("data").tree  # byte for byte the same listing
+    # every file (the hard link's second name is a link entry)
+    assert unchanged.totals.reused_files == first.totals.files
+    change_tree(root)
+    changed = back_up(repo, root)
+    monkeypatch.setattr(backup_module, "SPLIT_MIN_ENTRIES", 10**9)
+    fresh = back_up(repo, root, "full")
+    assert changed.source("data").tree == fresh.source("data").tree
+    assert changed.totals.files == fresh.totals.files and changed.totals.dirs == fresh.totals.dirs
+    restore_snapshot(repo, changed, str(tmp_path / "restored"))
+    assert compare(str(root), str(tmp_path / "restored")) == []
+
+
+def test_a_failed_child_leaves_the_second_half_to_this_process(repo, tmp_path, split, monkeypatch):
+    root = tmp_path / "t"
+    root.mkdir()
+    make_tree(root)
+    first = back_up(repo, root, "full")
+
+    def explode(self, start):
+        raise RuntimeError("the child fails")
+
+    monkeypatch.setattr(backup_module._TreeScan, "_compare_half", explode)
+    again = back_up(repo, root)
+    assert again.source("data").tree == first.source("data").tree
+    assert again.totals.reused_files == first.totals.files
+
+    monkeypatch.setattr(backup_module._TreeScan, "_compare_half", lambda self, start: os.kill(os.getpid(), 9))
+    change_tree(root)
+    killed = back_up(repo, root)
+    monkeypatch.setattr(backup_module, "SPLIT_MIN_ENTRIES", 10**9)
+    assert killed.source("data").tree == back_up(repo, root, "full").source("data").tree
+
+
+def test_a_backup_that_fails_stops_its_child(repo, tmp_path, split, monkeypatch):
+    root = tmp_path / "t"
+    root.mkdir()
+    make_tree(root)
+    back_up(repo, root, "full")
+    (root / "d0" / "grown.bin").write_bytes(os.urandom(5 << 20))  # in the first half: over the limit there
+    children = []
+    real = forked.Forked
+
+    class Watched(real):
+        def __init__(self, work):
+            super().__init__(work)
+            children.append(self._pid)
+
+    monkeypatch.setattr(forked, "Forked", Watched)
+    options = BackupOptions(app_id="t", max_bytes=4 << 20)
+    with pytest.raises(QuotaExceeded), BackupSession(repo, options) as session:
+        session.add_tree("data", str(root))
+    assert len(children) == 1
+    with pytest.raises(ChildProcessError):
+        os.waitpid(children[0], os.WNOHANG)  # reaped: no zombie left
