@@ -448,11 +448,6 @@ class _TreeScan:
     def _indexed(self, line: bytes) -> bool:
         """Whether all the data of a parent's file line is still in the repository (if not,
         the file is read again)."""
-        if line[-78:-67] == b',"blobs":["' and line[-3:] == b'"]}':  # one blob: `tree.line_blob_ids` inlined
-            try:
-                return bytes.fromhex(line[-67:-3].decode("ascii")) in self.index
-            except (UnicodeDecodeError, ValueError):
-                pass
         blobs = tree.line_blob_ids(line)
         if blobs is None:
             blobs = [bytes.fromhex(h) for h in tree.parse_line(line).get("blobs", [])]

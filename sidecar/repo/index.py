@@ -65,20 +65,7 @@ class Index:
         return len(self._sorted[0]) + len(self._recent)
 
     def __contains__(self, blob_id: bytes) -> bool:
-        """`_find` inlined: an incremental backup asks this once for each unchanged file."""
-        if blob_id in self._recent:
-            return True
-        prefixes, records, starts = self._sorted
-        key = int.from_bytes(blob_id[:8], "big")
-        top = key >> 48
-        n = starts[top + 1]
-        i = bisect_left(prefixes, key, starts[top], n)
-        while i < n and prefixes[i] == key:
-            at = i * _SIZE
-            if records[at : at + 32] == blob_id:
-                return True
-            i += 1
-        return False
+        return blob_id in self._recent or self._find(blob_id) >= 0
 
     def has_all(self, blob_ids: Iterable[bytes]) -> bool:
         """Whether every one of `blob_ids` is indexed, looked up in one consistent state
