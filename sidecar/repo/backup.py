@@ -10,6 +10,7 @@ flat whatever the size of the data.
 from __future__ import annotations
 
 import collections
+import itertools
 import logging
 import os
 import socket
@@ -26,6 +27,7 @@ from sidecar.errors import BackupCreateFailed, InvalidRequest, QuotaExceeded
 from sidecar.repo import forked, tree
 from sidecar.repo.blobwriter import BlobWriter, FileBatch
 from sidecar.repo.fsmeta import XattrReader, entry_from_stat, file_line_head
+from sidecar.repo.index import Index
 from sidecar.repo.locks import SHARED
 from sidecar.repo.memory import bulk_data
 from sidecar.repo.pack import DATA, TREE
@@ -77,15 +79,26 @@ def size_limit_from_env() -> int | None:
 class _ParentCursor:
     """Finds walked paths among the parent listing's raw lines, which are in the
     same order; a line's path is read off it only when a walked path does not
-    match the line at the cursor outright, and parsed only when it cannot be read off."""
+    match the line at the cursor outright, and parsed only when it cannot be read off.
 
-    def __init__(self, lines: Iterator[bytes]) -> None:
-        self._lines = lines
+    The listing comes in pieces of whole lines (`tree.read_texts`). Before the lines of
+    a piece are looked at, all their blob ids are looked up in the index at once, and
+    those no longer indexed are added to `missing`: an unchanged file is reused only
+    when none of its blobs is in it (`_TreeScan._indexed`), almost always empty."""
+
+    def __init__(self, texts: Iterable[bytes], index: Index) -> None:
+        self._index = index
+        self.missing: set[bytes] = set()
+        self._lines = itertools.chain.from_iterable(map(self._checked, texts))
         self._plain = False  # the line's path was read off it: JSON holds it as is
         self.found_plain = False  # so was the path of the line `find` returned last
         self._path: bytes | None = None  # of `line`, once read
         self._key = b""
-        self.line: bytes | None = next(lines, None)
+        self.line: bytes | None = next(self._lines, None)
+
+    def _checked(self, text: bytes) -> list[bytes]:
+        self.missing.update(self._index.missing(tree.text_blob_ids(text)))
+        return text.split(b"\n")
 
     def take(self) -> None:
         """Move past the line at the cursor (the caller matched it)."""
@@ -116,9 +129,32 @@ class _ParentCursor:
         return None
 
 
+def _line_blobs(line: bytes) -> list[bytes]:
+    """The blob ids of a parent's file line."""
+    blobs = tree.line_blob_ids(line)
+    if blobs is None:
+        blobs = [bytes.fromhex(h) for h in tree.parse_line(line).get("blobs", [])]
+    return blobs
+
+
 def split_index(count: int) -> int:
     """Where a parent listing of `count` lines (count >= 2) is cut in two for a split scan."""
     return count // 2
+
+
+def cut_texts(texts: list[bytes], mid: int) -> tuple[list[bytes], list[bytes]]:
+    """Pieces of whole lines (`tree.read_texts`) cut before line `mid` (0 < mid < the lines in
+    all): the pieces of the lines before it and of the others, the piece it falls in split."""
+    at = 0
+    while mid >= (lines := texts[at].count(b"\n") + 1):
+        mid -= lines
+        at += 1
+    head, tail = texts[:at], texts[at + 1 :]
+    parts = texts[at].split(b"\n", mid)  # the piece the cut falls in: its first `mid` lines, the rest
+    if mid:
+        head.append(b"\n".join(parts[:mid]))
+    tail.insert(0, parts[mid])
+    return head, tail
 
 
 def _before(
@@ -222,7 +258,7 @@ class BackupSession:
         if source is None:
             return None
         ids = [bytes.fromhex(h) for h in source.tree]
-        return _ParentCursor(tree.read_lines(ids, self.repo.load_blob))
+        return _ParentCursor(tree.read_texts(ids, self.repo.load_blob), self.repo.index())
 
     def _warn(self, source: str, path: bytes, message: str) -> None:
         text = path.decode("utf-8", "backslashreplace")
@@ -446,14 +482,10 @@ class _TreeScan:
         return line if self._indexed(line) else None
 
     def _indexed(self, line: bytes) -> bool:
-        """Whether all the data of a parent's file line is still in the repository (if not,
-        the file is read again)."""
-        blobs = tree.line_blob_ids(line)
-        if blobs is None:
-            blobs = [bytes.fromhex(h) for h in tree.parse_line(line).get("blobs", [])]
-        if len(blobs) == 1:
-            return blobs[0] in self.index
-        return self.index.has_all(blobs)
+        """Whether all the data of a line at the parent cursor is still in the repository (if
+        not, the file is read again): the cursor has looked up the blobs of its lines."""
+        missing = self.parent.missing  # type: ignore[union-attr]
+        return not missing or missing.isdisjoint(_line_blobs(line))
 
     def run(self) -> list[bytes]:
         assert self.walker is not None
@@ -469,9 +501,10 @@ class _TreeScan:
 
     # ---- the tree in two halves (an incremental backup of a large tree) -----------------
 
-    def _split_plan(self) -> tuple[list[bytes], int] | None:
-        """The parent listing's lines and the index of the first one the second half starts at,
-        when the tree is worth comparing on two cores (see sidecar.repo.forked)."""
+    def _split_plan(self) -> tuple[list[bytes], list[bytes], bytes] | None:
+        """The parent listing cut in two, as pieces of whole lines (`tree.read_texts`), and the
+        path of the first line after the cut, when the tree is worth comparing on two cores
+        (see sidecar.repo.forked)."""
         session = self.session
         if self.parent is None or session.parent is None or not forked.available():
             return None
@@ -481,38 +514,40 @@ class _TreeScan:
         entries = source.stats.files + source.stats.dirs + source.stats.other
         if not SPLIT_MIN_ENTRIES <= entries <= SPLIT_MAX_ENTRIES:
             return None
-        lines = list(tree.read_lines([bytes.fromhex(h) for h in source.tree], session.repo.load_blob))
-        if len(lines) < 2:
+        texts = list(tree.read_texts([bytes.fromhex(h) for h in source.tree], session.repo.load_blob))
+        count = sum(text.count(b"\n") + 1 for text in texts)
+        if count < 2:
             return None
-        return lines, split_index(len(lines))
+        head, tail = cut_texts(texts, split_index(count))
+        start = tail[0].partition(b"\n")[0]
+        return head, tail, tree.line_path(start) or tree.entry_path(tree.parse_line(start))
 
-    def _run_split(self, lines: list[bytes], mid: int) -> None:
-        """Entries before the parent's line `mid` (in tree order) are walked here, the others in
-        a forked child at the same time; the child says which of its files are unchanged (their
-        lines) and hands everything else back to be handled here, in order."""
+    def _run_split(self, head: list[bytes], tail: list[bytes], start: bytes) -> None:
+        """The walk before the path `start` (in tree order) is compared with the parent's lines
+        `head` here, the rest with `tail` in a forked child at the same time; the child says which
+        of its files are unchanged (runs of their lines) and hands everything else back to be
+        handled here, in order."""
         assert self.walker is not None
-        start = tree.line_path(lines[mid]) or tree.entry_path(tree.parse_line(lines[mid]))
-        tail = lines[mid:]
-        self.parent = _ParentCursor(iter(lines[:mid]))
 
         def second_half() -> list[tuple]:
-            self.parent = _ParentCursor(iter(tail))
+            self.parent = _ParentCursor(tail, self.index)
             return self._compare_half(start)
 
         child = forked.Forked(second_half)
         try:
+            self.parent = _ParentCursor(head, self.index)
             self._walk(_before(self.walker, order_key(start)), self._reusable)
             items = child.result()
         finally:
             child.close()
         if items is None:  # the child failed: that half here too
             log.info("%s: the second half of the tree is compared in this process (its helper failed)", self.name)
-            self.parent = _ParentCursor(iter(tail))
+            self.parent = _ParentCursor(tail, self.index)
             self._walk(self.walker.iter_from(start), self._reusable)
             return
         for item in items:
             if item[0] == _UNCHANGED:
-                self._reused(item[1], item[2])
+                self._reused(item[1], item[3], item[2])
             elif item[0] == _OTHER:
                 rel, path, line = item[1], item[2], item[3]
                 try:
@@ -525,22 +560,39 @@ class _TreeScan:
                 self.session._warn(self.name, item[1], item[2])
 
     def _compare_half(self, start: bytes) -> list[tuple]:
-        """In the child: walk from `start` and compare with the parent. An unchanged file with
-        one link is (_UNCHANGED, its line, its size); any other entry is (_OTHER, rel, path,
-        the parent's line if it looked unchanged); a walk error is (_ERROR, rel, message)."""
+        """In the child: walk from `start` and compare with the parent. A run of unchanged files
+        with one link each is (_UNCHANGED, their lines joined by newlines, how many, their size);
+        any other entry is (_OTHER, rel, path, the parent's line if it looked unchanged); a walk
+        error is (_ERROR, rel, message)."""
         assert self.walker is not None
         items: list[tuple] = []
-        self.walker.on_error = lambda rel, message: items.append((_ERROR, rel, message))
+        run: list[bytes] = []
+        run_size = 0
+
+        def end_run() -> None:
+            nonlocal run_size
+            if run:
+                items.append((_UNCHANGED, b"\n".join(run), len(run), run_size))
+                run.clear()
+                run_size = 0
+
+        def on_error(rel: bytes, message: str) -> None:
+            end_run()
+            items.append((_ERROR, rel, message))
+
+        self.walker.on_error = on_error
         reusable = self._reusable
         for rel, path, st in self.walker.iter_from(start):
+            line = None
             if S_ISREG(st.st_mode):
                 line = reusable(rel, st)
                 if line is not None and st.st_nlink == 1:
-                    items.append((_UNCHANGED, line, st.st_size))
-                else:
-                    items.append((_OTHER, rel, path, line))
-            else:
-                items.append((_OTHER, rel, path, None))
+                    run.append(line)
+                    run_size += st.st_size
+                    continue
+            end_run()
+            items.append((_OTHER, rel, path, line))
+        end_run()
         return items
 
     def _verified(self, line: bytes | None, rel: bytes, st: os.stat_result) -> bytes | None:
@@ -550,28 +602,29 @@ class _TreeScan:
         head = tree.encode_entry(entry_from_stat(rel, st))[:-2]
         if not line.startswith(head) or line[len(head) : len(head) + 1] != b",":
             return None
-        return line if self._indexed(line) else None
+        return line if self.index.has_all(_line_blobs(line)) else None
 
     # ---- walking -------------------------------------------------------------------------
 
-    def _reused(self, line: bytes, size: int) -> None:
-        """An unchanged file: its parent line goes into the listing, in order."""
+    def _reused(self, text: bytes, size: int, count: int = 1) -> None:
+        """Unchanged files (`count` of them, `size` bytes): their parent lines, joined by
+        newlines, go into the listing, in order."""
         stats = self.stats
-        stats.reused_files += 1
+        stats.reused_files += count
         self.session._planned += size  # session.plan(size), inlined
         pending = self.pending
         if pending:  # behind files still being read: keep the order
-            pending.append((line, None, size))
+            pending.append((text, None, size))
             self._emit_ready()
             if len(pending) > MAX_PENDING:
                 self._wait_head()
-        else:  # self._add_line(line, size), inlined
-            stats.files += 1
+        else:  # self._add_lines(text, size, count), inlined
+            stats.files += count
             stats.bytes += size
             progress = self.session.progress
             if progress:
-                progress.add(1, size)
-            self.listing.add_line(line)
+                progress.add(count, size)
+            self.listing.add_lines(text, count)
 
     def _walk(
         self,
@@ -637,13 +690,13 @@ class _TreeScan:
             batch.done.wait()
         self._emit_ready()
 
-    def _add_line(self, line: bytes, size: int) -> None:
+    def _add_lines(self, text: bytes, size: int, count: int) -> None:
         stats = self.stats
-        stats.files += 1
+        stats.files += count
         stats.bytes += size
         if self.session.progress:
-            self.session.progress.add(1, size)
-        self.listing.add_line(line)
+            self.session.progress.add(count, size)
+        self.listing.add_lines(text, count)
 
     def _emit_ready(self) -> None:
         pending = self.pending
@@ -663,8 +716,8 @@ class _TreeScan:
                     entry["blobs"] = blobs
                     entry["size"] = detail
             pending.popleft()
-            if entry.__class__ is bytes:  # an unchanged file's line from the parent; `place` is its size
-                self._add_line(entry, place)
+            if entry.__class__ is bytes:  # unchanged files' lines from the parent; `place` is their size
+                self._add_lines(entry, place, entry.count(b"\n") + 1)
                 continue
             kind = entry["type"]
             if "_error" in entry or (kind == tree.HARDLINK and tree.get_name(entry, "link") in self.skipped):

@@ -9,6 +9,7 @@ hot path; the helpers here hide the bytes/str details of names.
 from __future__ import annotations
 
 import base64
+import re
 from collections.abc import Callable, Iterator
 
 import orjson
@@ -117,11 +118,12 @@ class TreeWriter:
         if len(self._buffer) >= self._flush_at:
             self._cut(final=False)
 
-    def add_line(self, line: bytes) -> None:
-        """Add an encoded entry without its newline (a line of an earlier listing, reused verbatim)."""
-        self._buffer += line
+    def add_lines(self, text: bytes, count: int = 1) -> None:
+        """Add `count` encoded entries, joined by newlines, without the last newline (lines of
+        an earlier listing, reused verbatim)."""
+        self._buffer += text
         self._buffer += b"\n"
-        self.count += 1
+        self.count += count
         if len(self._buffer) >= self._flush_at:
             self._cut(final=False)
 
@@ -156,11 +158,22 @@ def read_tree(blob_ids: list[bytes], load_blob: Callable[[bytes], bytes]) -> Ite
 
 def read_lines(blob_ids: list[bytes], load_blob: Callable[[bytes], bytes]) -> Iterator[bytes]:
     """The raw lines of a tree (without their newline), in order, unparsed."""
+    for text in read_texts(blob_ids, load_blob):
+        yield from text.split(b"\n")
+
+
+def read_texts(blob_ids: list[bytes], load_blob: Callable[[bytes], bytes]) -> Iterator[bytes]:
+    """The text of a tree in pieces of whole lines, one per chunk loaded: a piece is its
+    lines joined by newlines, without the last newline (`piece.split(b"\\n")` are the lines)."""
     carry = b""
     for blob_id in blob_ids:
-        lines = (carry + load_blob(blob_id)).split(b"\n")
-        carry = lines.pop()
-        yield from lines
+        text = carry + load_blob(blob_id)
+        end = text.rfind(b"\n")
+        if end < 0:  # no line ends in this chunk
+            carry = text
+            continue
+        carry = text[end + 1 :]
+        yield text[:end]
     if carry:
         raise IntegrityError("tree text does not end with a newline")
 
@@ -203,6 +216,23 @@ def line_blob_ids(line: bytes) -> list[bytes] | None:
         return None
     if len(raw) != 32 * (listed.count(b",") + 1):
         return None
+    return [raw[i : i + 32] for i in range(0, len(raw), 32)]
+
+
+_BLOB_LISTS = re.compile(rb',"blobs":\[([^\]]*)\]')
+_QUOTED_ID = re.compile(rb'"([0-9a-f]{64})"')
+
+
+def text_blob_ids(text: bytes) -> list[bytes]:
+    """Every blob id of the file lines in `text` (whole lines of a tree), read in C rather
+    than line by line. Each `,"blobs":[...]` list is found at once: a quote inside a JSON
+    string is escaped, so no other text matches the key, and the ids in a list are exactly
+    its quoted 64-digit hex strings. Should the lists not all be found (a listing written
+    some other way), every quoted 64-digit hex string of the text is taken: more ids than
+    the blobs, never fewer."""
+    lists = _BLOB_LISTS.findall(text)
+    source = b",".join(lists) if len(lists) == text.count(b'"blobs":') else text
+    raw = bytes.fromhex(b"".join(_QUOTED_ID.findall(source)).decode("ascii"))
     return [raw[i : i + 32] for i in range(0, len(raw), 32)]
 
 

@@ -12,9 +12,9 @@ import pytest
 from bench.treecompare import compare
 from sidecar.errors import QuotaExceeded
 from sidecar.repo import backup as backup_module
-from sidecar.repo import forked
+from sidecar.repo import forked, tree
 from sidecar.repo.backends.local import LocalBackend
-from sidecar.repo.backup import BackupOptions, BackupSession, order_key
+from sidecar.repo.backup import BackupOptions, BackupSession, cut_texts, order_key
 from sidecar.repo.repository import Repository
 from sidecar.repo.restore import restore_snapshot
 from sidecar.repo.walk import Walker
@@ -74,6 +74,54 @@ def test_iter_from_is_the_tail_of_the_walk(tmp_path):
     for start in starts:
         expected = [rel for rel in walk if order_key(rel) >= order_key(start)]
         assert [rel for rel, _, _ in walker.iter_from(start)] == expected, start
+
+
+def test_cut_texts_cuts_the_lines_where_asked():
+    import random
+
+    rng = random.Random(3)
+    lines = [b"line %d" % i + b"x" * rng.randrange(5) for i in range(40)]
+    lines[9] = b""  # an empty line counts like any other
+    for _ in range(40):
+        bounds = sorted(rng.sample(range(1, len(lines)), rng.randrange(0, 8)))
+        texts = [b"\n".join(lines[a:b]) for a, b in zip([0, *bounds], [*bounds, len(lines)], strict=True)]
+        for mid in range(1, len(lines)):
+            head, tail = cut_texts(texts, mid)
+            assert [x for t in head for x in t.split(b"\n")] == lines[:mid], (bounds, mid)
+            assert [x for t in tail for x in t.split(b"\n")] == lines[mid:], (bounds, mid)
+
+
+@pytest.mark.parametrize("lost", ["d0/f02.txt", "d5/deep/f03.txt"])
+def test_a_file_whose_data_left_the_repository_is_read_again_in_either_half(repo, tmp_path, split, lost):
+    """The parent's blobs are looked up in the index a piece of its listing at a time, in
+    each process for its half: a file whose pack is gone is read again, on either side, and
+    only that file."""
+    root = tmp_path / "t"
+    root.mkdir()
+    make_tree(root)
+    back_up(repo, root, "full")
+    (root / lost).write_bytes(os.urandom(200_000))  # the only new data: a pack of its own
+    parent = back_up(repo, root)
+    ids = [bytes.fromhex(h) for h in parent.source("data").tree]
+    index = repo.index()
+    packs = {
+        e["path"]: {index.get(bytes.fromhex(b)).pack_id for b in e["blobs"]}
+        for e in tree.read_tree(ids, repo.load_blob)
+        if e["type"] == "file"
+    }
+    (pack,) = packs[lost]
+    assert [path for path, held in packs.items() if pack in held] == [lost]
+    repo_root = tmp_path / "repo"
+    for doc in (repo_root / "index").iterdir():
+        doc.unlink()
+    for path in (repo_root / "data").rglob(pack):
+        path.unlink()
+    fresh = Repository.open(LocalBackend(repo_root), b"k")  # indexes the packs that are left as it starts
+    again = back_up(fresh, root)
+    assert again.parent == parent.id
+    assert again.totals.reused_files == parent.totals.files - 1
+    restore_snapshot(Repository.open(LocalBackend(repo_root), b"k"), again, str(tmp_path / "restored"))
+    assert compare(str(root), str(tmp_path / "restored")) == []
 
 
 @pytest.mark.parametrize("cut", ["first", "third", "middle", "last"])
