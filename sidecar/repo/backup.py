@@ -27,7 +27,6 @@ from sidecar.errors import BackupCreateFailed, InvalidRequest, QuotaExceeded
 from sidecar.repo import forked, tree
 from sidecar.repo.blobwriter import BlobWriter, FileBatch
 from sidecar.repo.fsmeta import XattrReader, entry_from_stat, file_line_head
-from sidecar.repo.index import Index
 from sidecar.repo.locks import SHARED
 from sidecar.repo.memory import bulk_data
 from sidecar.repo.pack import DATA, TREE
@@ -80,25 +79,15 @@ class _ParentCursor:
     """Finds walked paths among the parent listing's raw lines, which are in the
     same order; a line's path is read off it only when a walked path does not
     match the line at the cursor outright, and parsed only when it cannot be read off.
+    The listing comes in pieces of whole lines (`tree.read_texts`)."""
 
-    The listing comes in pieces of whole lines (`tree.read_texts`). Before the lines of
-    a piece are looked at, all their blob ids are looked up in the index at once, and
-    those no longer indexed are added to `missing`: an unchanged file is reused only
-    when none of its blobs is in it (`_TreeScan._indexed`), almost always empty."""
-
-    def __init__(self, texts: Iterable[bytes], index: Index) -> None:
-        self._index = index
-        self.missing: set[bytes] = set()
-        self._lines = itertools.chain.from_iterable(map(self._checked, texts))
+    def __init__(self, texts: Iterable[bytes]) -> None:
+        self._lines = itertools.chain.from_iterable(text.split(b"\n") for text in texts)
         self._plain = False  # the line's path was read off it: JSON holds it as is
         self.found_plain = False  # so was the path of the line `find` returned last
         self._path: bytes | None = None  # of `line`, once read
         self._key = b""
         self.line: bytes | None = next(self._lines, None)
-
-    def _checked(self, text: bytes) -> list[bytes]:
-        self.missing.update(self._index.missing(tree.text_blob_ids(text)))
-        return text.split(b"\n")
 
     def take(self) -> None:
         """Move past the line at the cursor (the caller matched it)."""
@@ -127,14 +116,6 @@ class _ParentCursor:
                 return None
             self.take()
         return None
-
-
-def _line_blobs(line: bytes) -> list[bytes]:
-    """The blob ids of a parent's file line."""
-    blobs = tree.line_blob_ids(line)
-    if blobs is None:
-        blobs = [bytes.fromhex(h) for h in tree.parse_line(line).get("blobs", [])]
-    return blobs
 
 
 def split_index(count: int) -> int:
@@ -258,7 +239,7 @@ class BackupSession:
         if source is None:
             return None
         ids = [bytes.fromhex(h) for h in source.tree]
-        return _ParentCursor(tree.read_texts(ids, self.repo.load_blob), self.repo.index())
+        return _ParentCursor(tree.read_texts(ids, self.repo.load_blob))
 
     def _warn(self, source: str, path: bytes, message: str) -> None:
         text = path.decode("utf-8", "backslashreplace")
@@ -482,10 +463,14 @@ class _TreeScan:
         return line if self._indexed(line) else None
 
     def _indexed(self, line: bytes) -> bool:
-        """Whether all the data of a line at the parent cursor is still in the repository (if
-        not, the file is read again): the cursor has looked up the blobs of its lines."""
-        missing = self.parent.missing  # type: ignore[union-attr]
-        return not missing or missing.isdisjoint(_line_blobs(line))
+        """Whether all the data of a parent's file line is still in the repository (if not,
+        the file is read again)."""
+        blobs = tree.line_blob_ids(line)
+        if blobs is None:
+            blobs = [bytes.fromhex(h) for h in tree.parse_line(line).get("blobs", [])]
+        if len(blobs) == 1:
+            return blobs[0] in self.index
+        return self.index.has_all(blobs)
 
     def run(self) -> list[bytes]:
         assert self.walker is not None
@@ -530,19 +515,19 @@ class _TreeScan:
         assert self.walker is not None
 
         def second_half() -> list[tuple]:
-            self.parent = _ParentCursor(tail, self.index)
+            self.parent = _ParentCursor(tail)
             return self._compare_half(start)
 
         child = forked.Forked(second_half)
         try:
-            self.parent = _ParentCursor(head, self.index)
+            self.parent = _ParentCursor(head)
             self._walk(_before(self.walker, order_key(start)), self._reusable)
             items = child.result()
         finally:
             child.close()
         if items is None:  # the child failed: that half here too
             log.info("%s: the second half of the tree is compared in this process (its helper failed)", self.name)
-            self.parent = _ParentCursor(tail, self.index)
+            self.parent = _ParentCursor(tail)
             self._walk(self.walker.iter_from(start), self._reusable)
             return
         for item in items:
@@ -602,7 +587,7 @@ class _TreeScan:
         head = tree.encode_entry(entry_from_stat(rel, st))[:-2]
         if not line.startswith(head) or line[len(head) : len(head) + 1] != b",":
             return None
-        return line if self.index.has_all(_line_blobs(line)) else None
+        return line if self._indexed(line) else None
 
     # ---- walking -------------------------------------------------------------------------
 

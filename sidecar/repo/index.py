@@ -75,25 +75,6 @@ class Index:
         find = self._find
         return all(blob_id in recent or find(blob_id, buffers) >= 0 for blob_id in blob_ids)
 
-    def missing(self, blob_ids: Iterable[bytes]) -> list[bytes]:
-        """Those of `blob_ids` that are not indexed, looked up in one consistent state; for
-        many ids at once (an incremental backup checks its parent listing's blobs with it).
-        An id is nearly always the first record with its 8-byte prefix, so that record is
-        compared first, without a call; `_find` decides every other case."""
-        recent = self._recent
-        buffers = self._sorted
-        prefixes, records, starts = buffers
-        find = self._find
-        from_bytes = int.from_bytes
-        absent = []
-        for blob_id in blob_ids:
-            key = from_bytes(blob_id[:8], "big")
-            top = key >> 48
-            at = bisect_left(prefixes, key, starts[top], starts[top + 1]) * _SIZE
-            if records[at : at + 32] != blob_id and blob_id not in recent and find(blob_id, buffers) < 0:
-                absent.append(blob_id)
-        return absent
-
     def add_pack_numbers(self, blob_ids: Iterable[bytes], packs: dict[int, set[bytes]]) -> list[bytes]:
         """Add each blob id to the set of its pack's number in `packs` (numbers: `pack_id`);
         returns the ids that are not indexed. One search each, no object per blob."""

@@ -9,7 +9,6 @@ hot path; the helpers here hide the bytes/str details of names.
 from __future__ import annotations
 
 import base64
-import re
 from collections.abc import Callable, Iterator
 
 import orjson
@@ -216,23 +215,6 @@ def line_blob_ids(line: bytes) -> list[bytes] | None:
         return None
     if len(raw) != 32 * (listed.count(b",") + 1):
         return None
-    return [raw[i : i + 32] for i in range(0, len(raw), 32)]
-
-
-_BLOB_LISTS = re.compile(rb',"blobs":\[([^\]]*)\]')
-_QUOTED_ID = re.compile(rb'"([0-9a-f]{64})"')
-
-
-def text_blob_ids(text: bytes) -> list[bytes]:
-    """Every blob id of the file lines in `text` (whole lines of a tree), read in C rather
-    than line by line. Each `,"blobs":[...]` list is found at once: a quote inside a JSON
-    string is escaped, so no other text matches the key, and the ids in a list are exactly
-    its quoted 64-digit hex strings. Should the lists not all be found (a listing written
-    some other way), every quoted 64-digit hex string of the text is taken: more ids than
-    the blobs, never fewer."""
-    lists = _BLOB_LISTS.findall(text)
-    source = b",".join(lists) if len(lists) == text.count(b'"blobs":') else text
-    raw = bytes.fromhex(b"".join(_QUOTED_ID.findall(source)).decode("ascii"))
     return [raw[i : i + 32] for i in range(0, len(raw), 32)]
 
 

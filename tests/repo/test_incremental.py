@@ -210,35 +210,8 @@ def test_the_line_at_the_cursor_is_never_taken_for_a_path_json_would_escape(repo
     assert line.startswith(file_line_head(walked, st))  # the trap: the raw head matches that line
     with BackupSession(repo, BackupOptions(app_id="t")) as session:
         scan = _TreeScan(session, "data", os.fsencode(tmp_path), SourceStats(), ())
-        scan.parent = _ParentCursor([line], repo.index())
+        scan.parent = _ParentCursor([line])
         assert scan._reusable(walked, st) is None
-        scan.parent = _ParentCursor([line], repo.index())
+        scan.parent = _ParentCursor([line])
         assert scan._reusable(listed, st) == line  # the file the line is for
         session.abort()
-
-
-def test_the_cursor_looks_up_the_blobs_of_a_piece_before_its_first_line_is_seen():
-    """Blob lookups go a piece of the parent listing at a time: when a line is at the
-    cursor, every blob of its piece that is not indexed is in `missing`, and only those."""
-    import random
-
-    from sidecar.repo.backup import _ParentCursor
-    from sidecar.repo.index import Index
-    from sidecar.repo.pack import PackEntry
-
-    rng = random.Random(4)
-    ids = [rng.randbytes(32) for _ in range(5)]
-    index = Index()
-    for n in (0, 1, 3):
-        index.add(ids[n], "e" * 64, PackEntry(ids[n], 0, n, 1, 0, 1))
-
-    def line(path: str, *blobs: bytes) -> bytes:
-        return tree.encode_entry({"path": path, "type": "file", "blobs": [b.hex() for b in blobs]})[:-1]
-
-    texts = [line("a", ids[0]), line("b", ids[1]) + b"\n" + line("c", ids[2], ids[3]), line("d", ids[4])]
-    cursor = _ParentCursor(iter(texts), index)
-    seen = []
-    while cursor.line is not None:
-        seen.append((tree.line_path(cursor.line), set(cursor.missing)))
-        cursor.take()
-    assert seen == [(b"a", set()), (b"b", {ids[2]}), (b"c", {ids[2]}), (b"d", {ids[2], ids[4]})]

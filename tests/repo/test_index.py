@@ -364,29 +364,6 @@ def test_has_all_answers_like_contains():
         assert (absent in index) is False
 
 
-def test_missing_answers_like_contains():
-    """The bulk lookup an incremental backup makes: the ids not indexed, in order, whether
-    the present ones are sorted, recent, or share their 8-byte prefix with another id."""
-    import random
-
-    rng = random.Random(14)
-    ids = [rng.randbytes(32) for _ in range(3000)]
-    twins = [ids[5][:8] + rng.randbytes(24) for _ in range(3)]  # the same prefix as ids[5]
-    index = Index()
-    present = ids[:2000] + twins[:2]
-    for n, i in enumerate(present):
-        index.add(i, "d" * 64, PackEntry(i, 0, n, 1, 0, 1))
-        if n == 1200:
-            index.merge()  # some sorted, some recent
-    asked = ids + twins + [bytes(32), b"\xff" * 32, ids[7]]
-    rng.shuffle(asked)
-    assert index.missing(asked) == [i for i in asked if i not in index]
-    assert set(index.missing(asked)) == set(ids[2000:]) | {twins[2], bytes(32), b"\xff" * 32}
-    index.merge()
-    assert index.missing(present) == [] and index.missing([]) == []
-    assert Index().missing(ids[:3]) == ids[:3]
-
-
 def test_add_pack_numbers_groups_blobs_by_pack_and_names_the_missing():
     import random
 

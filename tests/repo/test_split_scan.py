@@ -93,9 +93,8 @@ def test_cut_texts_cuts_the_lines_where_asked():
 
 @pytest.mark.parametrize("lost", ["d0/f02.txt", "d5/deep/f03.txt"])
 def test_a_file_whose_data_left_the_repository_is_read_again_in_either_half(repo, tmp_path, split, lost):
-    """The parent's blobs are looked up in the index a piece of its listing at a time, in
-    each process for its half: a file whose pack is gone is read again, on either side, and
-    only that file."""
+    """Each process looks up the blobs of its half's unchanged files in the index: a file
+    whose pack is gone is read again, on either side, and only that file."""
     root = tmp_path / "t"
     root.mkdir()
     make_tree(root)

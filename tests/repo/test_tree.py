@@ -27,7 +27,6 @@ from sidecar.repo.tree import (
     read_lines,
     read_texts,
     read_tree,
-    text_blob_ids,
 )
 from sidecar.repo.walk import Walker
 
@@ -283,45 +282,6 @@ def test_read_texts_are_whole_lines_whatever_the_chunks():
         assert len(texts) <= len(ids)
         assert [line for t in texts for line in t.split(b"\n")] == [x[:-1] for x in lines]
         assert list(read_lines(ids, store.__getitem__)) == [x[:-1] for x in lines]
-
-
-def _file_line(path: str, blobs: list[bytes], **extra) -> bytes:
-    entry = {"path": path, "type": FILE, "mode": 0o644, **extra}
-    entry["blobs"] = [b.hex() for b in blobs]
-    return encode_entry(entry)[:-1]
-
-
-def test_text_blob_ids_are_the_blobs_of_every_file_line():
-    """Read in C from the whole text: the same ids as the lines' own `blobs`, in order,
-    whatever else the lines hold (paths or xattrs that look like ids or like the key)."""
-    import random
-
-    rng = random.Random(9)
-    ids = [rng.randbytes(32) for _ in range(12)]
-    lines = [
-        encode_entry({"path": "d", "type": DIR, "mode": 0o755})[:-1],
-        _file_line("empty", []),
-        _file_line("one", ids[:1]),
-        _file_line("three", ids[1:4]),
-        _file_line(ids[10].hex(), ids[4:5]),  # a path that is 64 hex digits
-        _file_line('x","blobs":["' + ids[11].hex(), ids[5:6]),  # a path holding the key's text
-        _file_line("xattrs", ids[6:8], xattrs=[["user.a", ids[11].hex()]]),
-        encode_entry({"path": ids[11].hex(), "type": SYMLINK, "target": ids[11].hex()})[:-1],
-        _file_line("last", ids[8:10]),
-    ]
-    assert text_blob_ids(b"\n".join(lines)) == ids[:10]
-    assert text_blob_ids(lines[0]) == [] and text_blob_ids(b"") == []
-
-
-def test_text_blob_ids_take_every_id_like_string_when_the_lists_do_not_read_plainly():
-    """A listing written some other way (a space after the key's colon): every quoted
-    64-digit hex string is taken, so no blob of it is left out."""
-    blob, other = bytes(range(32)), bytes(range(1, 33))
-    text = b'{"path":"a","type":"file","blobs": ["%s"]}\n{"path":"%s","type":"dir"}' % (
-        blob.hex().encode(),
-        other.hex().encode(),
-    )
-    assert text_blob_ids(text) == [blob, other]
 
 
 def test_read_tree_is_lazy():
