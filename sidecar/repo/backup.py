@@ -118,6 +118,12 @@ class _ParentCursor:
         return None
 
 
+def _has_head(line: bytes, head: bytes) -> bool:
+    """Whether a parent's file line is the entry `head` (a file line up to its last stat
+    field) stands for: xattrs and blobs follow in the line, after a comma."""
+    return line.startswith(head) and line[len(head) : len(head) + 1] == b","
+
+
 def split_index(count: int) -> int:
     """Where a parent listing of `count` lines (count >= 2) is cut in two for a split scan."""
     return count // 2
@@ -232,14 +238,14 @@ class BackupSession:
         if not name or any(s.name == name for s in self.sources):
             raise InvalidRequest(f"source name {name!r} is empty or used twice in one backup")
 
-    def _parent_entries(self, name: str) -> _ParentCursor | None:
+    def _parent_source(self, name: str) -> SourceRecord | None:
+        """The parent snapshot's source `name`, which an incremental backup compares with."""
         if self.parent is None or self.backup_type == "full":
             return None
-        source = self.parent.source(name)
-        if source is None:
-            return None
-        ids = [bytes.fromhex(h) for h in source.tree]
-        return _ParentCursor(tree.read_texts(ids, self.repo.load_blob))
+        return self.parent.source(name)
+
+    def _listing_texts(self, source: SourceRecord) -> Iterator[bytes]:
+        return tree.read_texts([bytes.fromhex(h) for h in source.tree], self.repo.load_blob)
 
     def _warn(self, source: str, path: bytes, message: str) -> None:
         text = path.decode("utf-8", "backslashreplace")
@@ -420,7 +426,8 @@ class _TreeScan:
         self.in_memory = root is None  # a tar stream: the contents come with it, all of them read
         self.walker = None if root is None else Walker(root, excludes, on_error=lambda p, m: session._warn(name, p, m))
         self.index = session.repo.index()
-        self.parent = None if root is None else session._parent_entries(name)
+        self.parent_source = None if root is None else session._parent_source(name)
+        self.parent: _ParentCursor | None = None  # over the parent source's listing, once `run` starts
         self.listing = tree.TreeWriter(session.repo.chunker, lambda data: self.writer.store(TREE, data, self.key))
         self.xattrs = XattrReader()
         self.links: dict[tuple[int, int], bytes] = {}
@@ -445,22 +452,17 @@ class _TreeScan:
         if parent is None:
             return None
         line = parent.line
-        if line is not None and b'"' not in rel and b"\\" not in rel:
-            # most often the line at the cursor is this very file, unchanged: its line then starts with
-            # the head made from the stat. With no quote or backslash in `rel`, that prefix can only
-            # be this path's (JSON holds it as is; a control character or non-UTF-8 would be escaped)
-            head = file_line_head(rel, st)
-            if line.startswith(head) and line[len(head) : len(head) + 1] == b",":
-                parent.take()
-                return line if self._indexed(line) else None
+        # most often the line at the cursor is this very file, unchanged: its line then starts with
+        # the head made from the stat. With no quote or backslash in `rel`, that prefix can only
+        # be this path's (JSON holds it as is; a control character or non-UTF-8 would be escaped)
+        if line is not None and b'"' not in rel and b"\\" not in rel and _has_head(line, file_line_head(rel, st)):
+            parent.take()
+            return line if self._indexed(line) else None
         line = parent.find(rel)
         if line is None:
             return None
-        # up to the last stat field; xattrs and blobs follow in the line
         head = file_line_head(rel, st) if parent.found_plain else tree.encode_entry(entry_from_stat(rel, st))[:-2]
-        if not line.startswith(head) or line[len(head) : len(head) + 1] != b",":
-            return None
-        return line if self._indexed(line) else None
+        return line if _has_head(line, head) and self._indexed(line) else None
 
     def _indexed(self, line: bytes) -> bool:
         """Whether all the data of a parent's file line is still in the repository (if not,
@@ -476,6 +478,8 @@ class _TreeScan:
         assert self.walker is not None
         split = self._split_plan()
         if split is None:
+            if self.parent_source is not None:
+                self.parent = _ParentCursor(self.session._listing_texts(self.parent_source))
             self._walk(self.walker, self._reusable)
         else:
             self._run_split(*split)
@@ -490,16 +494,13 @@ class _TreeScan:
         """The parent listing cut in two, as pieces of whole lines (`tree.read_texts`), and the
         path of the first line after the cut, when the tree is worth comparing on two cores
         (see sidecar.repo.forked)."""
-        session = self.session
-        if self.parent is None or session.parent is None or not forked.available():
-            return None
-        source = session.parent.source(self.name)
-        if source is None:
+        source = self.parent_source
+        if source is None or not forked.available():
             return None
         entries = source.stats.files + source.stats.dirs + source.stats.other
         if not SPLIT_MIN_ENTRIES <= entries <= SPLIT_MAX_ENTRIES:
             return None
-        texts = list(tree.read_texts([bytes.fromhex(h) for h in source.tree], session.repo.load_blob))
+        texts = list(self.session._listing_texts(source))
         count = sum(text.count(b"\n") + 1 for text in texts)
         if count < 2:
             return None
@@ -585,9 +586,7 @@ class _TreeScan:
         if line is None:
             return None
         head = tree.encode_entry(entry_from_stat(rel, st))[:-2]
-        if not line.startswith(head) or line[len(head) : len(head) + 1] != b",":
-            return None
-        return line if self._indexed(line) else None
+        return line if _has_head(line, head) and self._indexed(line) else None
 
     # ---- walking -------------------------------------------------------------------------
 
@@ -596,20 +595,15 @@ class _TreeScan:
         newlines, go into the listing, in order."""
         stats = self.stats
         stats.reused_files += count
-        self.session._planned += size  # session.plan(size), inlined
+        self.session.plan(size)
         pending = self.pending
         if pending:  # behind files still being read: keep the order
             pending.append((text, None, size))
             self._emit_ready()
             if len(pending) > MAX_PENDING:
                 self._wait_head()
-        else:  # self._add_lines(text, size, count), inlined
-            stats.files += count
-            stats.bytes += size
-            progress = self.session.progress
-            if progress:
-                progress.add(count, size)
-            self.listing.add_lines(text, count)
+        else:
+            self._add_lines(text, size, count)
 
     def _walk(
         self,
