@@ -26,7 +26,7 @@ from sidecar import __version__
 from sidecar.errors import BackupCreateFailed, InvalidRequest, QuotaExceeded
 from sidecar.repo import forked, tree
 from sidecar.repo.blobwriter import BlobWriter, FileBatch
-from sidecar.repo.fsmeta import XattrReader, entry_from_stat, file_line_head
+from sidecar.repo.fsmeta import FILE_HEAD, XattrReader, entry_from_stat, file_line_head
 from sidecar.repo.locks import SHARED
 from sidecar.repo.memory import bulk_data
 from sidecar.repo.pack import DATA, TREE
@@ -43,6 +43,8 @@ MAX_PENDING = 4096  # entries walked but not yet written to the listing
 SPLIT_MIN_ENTRIES = 50_000
 SPLIT_MAX_ENTRIES = 2_000_000  # the parent listing is held in memory meanwhile (~200 bytes a line)
 _UNCHANGED, _OTHER, _ERROR = 0, 1, 2  # what the child says of an entry
+RUN_FILES = 2048  # unchanged files taken in one go (`_take_unchanged`), then added to the listing
+_MORE = ()  # `_take_unchanged` stopped at RUN_FILES: more may follow
 
 
 class Progress(Protocol):
@@ -82,17 +84,23 @@ class _ParentCursor:
     The listing comes in pieces of whole lines (`tree.read_texts`)."""
 
     def __init__(self, texts: Iterable[bytes]) -> None:
-        self._lines = itertools.chain.from_iterable(text.split(b"\n") for text in texts)
+        self.lines = itertools.chain.from_iterable(text.split(b"\n") for text in texts)  # after `line`
         self._plain = False  # the line's path was read off it: JSON holds it as is
         self.found_plain = False  # so was the path of the line `find` returned last
         self._path: bytes | None = None  # of `line`, once read
         self._key = b""
-        self.line: bytes | None = next(self._lines, None)
+        self.line: bytes | None = next(self.lines, None)
 
     def take(self) -> None:
         """Move past the line at the cursor (the caller matched it)."""
-        self.line = next(self._lines, None)
+        self.line = next(self.lines, None)
         self._path = None
+
+    def moved_to(self, line: bytes | None) -> None:
+        """The caller took lines from `lines` itself; `line` is the one at the cursor now."""
+        if line is not self.line:
+            self.line = line
+            self._path = None
 
     def _read_path(self, line: bytes) -> bytes:
         path = tree.line_path(line)
@@ -142,16 +150,6 @@ def cut_texts(texts: list[bytes], mid: int) -> tuple[list[bytes], list[bytes]]:
         head.append(b"\n".join(parts[:mid]))
     tail.insert(0, parts[mid])
     return head, tail
-
-
-def _before(
-    entries: Iterable[tuple[bytes, bytes, os.stat_result]], key: bytes
-) -> Iterator[tuple[bytes, bytes, os.stat_result]]:
-    """The entries of a walk (in tree order) up to the first whose order key is `key` or after."""
-    for entry in entries:
-        if order_key(entry[0]) >= key:
-            return
-        yield entry
 
 
 def order_key(path: bytes) -> bytes:
@@ -480,7 +478,7 @@ class _TreeScan:
         if split is None:
             if self.parent_source is not None:
                 self.parent = _ParentCursor(self.session._listing_texts(self.parent_source))
-            self._walk(self.walker, self._reusable)
+            self._walk(iter(self.walker))
         else:
             self._run_split(*split)
         self._flush_batch()
@@ -522,15 +520,16 @@ class _TreeScan:
         child = forked.Forked(second_half)
         try:
             self.parent = _ParentCursor(head)
-            self._walk(_before(self.walker, order_key(start)), self._reusable)
+            self._walk(self.walker.iter_before(start))
             items = child.result()
         finally:
             child.close()
         if items is None:  # the child failed: that half here too
             log.info("%s: the second half of the tree is compared in this process (its helper failed)", self.name)
             self.parent = _ParentCursor(tail)
-            self._walk(self.walker.iter_from(start), self._reusable)
+            self._walk(self.walker.iter_from(start))
             return
+        self.parent = None  # the child compared these entries with its half of the parent listing
         for item in items:
             if item[0] == _UNCHANGED:
                 self._reused(item[1], item[3], item[2])
@@ -541,7 +540,7 @@ class _TreeScan:
                 except OSError as exc:
                     self.session._warn(self.name, rel, f"cannot stat: {exc.strerror}")
                     continue
-                self._walk(((rel, path, st),), lambda r, s, line=line: self._verified(line, r, s))
+                self._entry(rel, path, st, lambda r, s, line=line: self._verified(line, r, s))
             else:
                 self.session._warn(self.name, item[1], item[2])
 
@@ -553,30 +552,31 @@ class _TreeScan:
         assert self.walker is not None
         items: list[tuple] = []
         run: list[bytes] = []
-        run_size = 0
+        sizes: list[int] = []
 
         def end_run() -> None:
-            nonlocal run_size
             if run:
-                items.append((_UNCHANGED, b"\n".join(run), len(run), run_size))
+                items.append((_UNCHANGED, b"\n".join(run), len(run), sum(sizes)))
                 run.clear()
-                run_size = 0
+                sizes.clear()
 
         def on_error(rel: bytes, message: str) -> None:
-            end_run()
+            end_run()  # a walk error comes in the middle of a run: keep the order
             items.append((_ERROR, rel, message))
 
         self.walker.on_error = on_error
-        reusable = self._reusable
-        for rel, path, st in self.walker.iter_from(start):
+        entries = self.walker.iter_from(start)
+        while (entry := self._take_unchanged(entries, run, sizes)) is not None:
+            if entry is _MORE:
+                continue
+            end_run()
+            rel, path, st = entry
             line = None
             if S_ISREG(st.st_mode):
-                line = reusable(rel, st)
+                line = self._reusable(rel, st)
                 if line is not None and st.st_nlink == 1:
-                    run.append(line)
-                    run_size += st.st_size
+                    items.append((_UNCHANGED, line, 1, st.st_size))
                     continue
-            end_run()
             items.append((_OTHER, rel, path, line))
         end_run()
         return items
@@ -589,6 +589,54 @@ class _TreeScan:
         return line if _has_head(line, head) and self._indexed(line) else None
 
     # ---- walking -------------------------------------------------------------------------
+
+    def _take_unchanged(
+        self, entries: Iterator[tuple[bytes, bytes, os.stat_result]], run: list[bytes], sizes: list[int]
+    ) -> tuple | None:
+        """The common case of an incremental backup, in one tight loop: take entries while each
+        is a regular file with one link whose line in the parent listing is the one at the
+        cursor and unchanged (it starts with the head made from the stat: as in `_reusable`,
+        only for a path with no quote or backslash, which JSON holds as is) and whose one blob
+        is indexed. Their lines go to `run`, their sizes to `sizes`. Returns the first entry
+        that is not such a file (the cursor still at its line), _MORE after RUN_FILES files,
+        or None at the end of `entries`."""
+        parent = self.parent
+        if parent is None:
+            return next(entries, None)
+        line = parent.line
+        lines = parent.lines
+        contains = self.index.__contains__
+        fromhex = bytes.fromhex
+        for entry in entries:
+            rel, _, st = entry
+            mode = st.st_mode
+            if line is None or not S_ISREG(mode) or st.st_nlink != 1:
+                if line is not None and not S_ISREG(mode) and line.startswith(b'{"path":"%s",' % rel):
+                    line = next(lines, None)  # a directory's own line (never reused): on to its first child
+                break
+            head = FILE_HEAD % (rel, mode & 0o7777, st.st_uid, st.st_gid, st.st_mtime_ns, st.st_size, st.st_ino,
+                                st.st_ctime_ns)  # fmt: skip
+            if not line.startswith(head) or line[len(head) : len(head) + 1] != b"," or b'"' in rel or b"\\" in rel:
+                break
+            if line[-78:-67] == b',"blobs":["' and line[-3:] == b'"]}':  # one blob (`tree.line_blob_ids`)
+                try:
+                    indexed = contains(fromhex(line[-67:-3].decode("ascii")))
+                except (UnicodeDecodeError, ValueError):
+                    indexed = False
+            else:
+                indexed = self._indexed(line)
+            if not indexed:
+                break
+            run.append(line)
+            sizes.append(st.st_size)
+            line = next(lines, None)
+            if len(run) >= RUN_FILES:
+                parent.moved_to(line)
+                return _MORE
+        else:
+            entry = None
+        parent.moved_to(line)
+        return entry
 
     def _reused(self, text: bytes, size: int, count: int = 1) -> None:
         """Unchanged files (`count` of them, `size` bytes): their parent lines, joined by
@@ -605,53 +653,62 @@ class _TreeScan:
         else:
             self._add_lines(text, size, count)
 
-    def _walk(
-        self,
-        entries: Iterable[tuple[bytes, bytes, os.stat_result]],
-        reusable: Callable[[bytes, os.stat_result], bytes | None],
+    def _walk(self, entries: Iterator[tuple[bytes, bytes, os.stat_result]]) -> None:
+        """Every entry into the listing: runs of unchanged files in one go, the others one by one."""
+        run: list[bytes] = []
+        sizes: list[int] = []
+        while (entry := self._take_unchanged(entries, run, sizes)) is not None or run:
+            if run:
+                self._reused(b"\n".join(run), sum(sizes), len(run))
+                run.clear()
+                sizes.clear()
+            if entry is not None and entry is not _MORE:
+                self._entry(*entry, self._reusable)
+
+    def _entry(
+        self, rel: bytes, path: bytes, st: os.stat_result, reusable: Callable[[bytes, os.stat_result], bytes | None]
     ) -> None:
+        """One entry into the listing (in order, behind files still being read)."""
         pending = self.pending
-        reused = self._reused
-        for rel, path, st in entries:
-            if S_ISREG(st.st_mode):
-                if st.st_nlink > 1:
-                    first = self.links.get((st.st_dev, st.st_ino))
-                    if first is not None:
-                        pending.append((self._hardlink(entry_from_stat(rel, st), rel, first), None, 0))
-                        self._emit_ready()
-                        continue
-                    self.links[(st.st_dev, st.st_ino)] = rel
-                line = reusable(rel, st)
-                if line is not None:
-                    reused(line, st.st_size)
-                    continue
-            entry = entry_from_stat(rel, st)
-            kind = entry["type"]
-            batch, place = None, 0
-            if kind == tree.FILE:
-                xattrs = self.xattrs.read(path, st.st_dev)
-                if xattrs:
-                    entry["xattrs"] = xattrs
-                batch = self.batch
-                place = len(batch.files)
-                batch.files.append((path, st.st_size))
-                batch.nbytes += st.st_size
-                if len(batch.files) >= BATCH_FILES or batch.nbytes >= BATCH_BYTES:
-                    self._flush_batch()
-            else:
-                xattrs = self.xattrs.read(path, st.st_dev)
-                if xattrs:
-                    entry["xattrs"] = xattrs
-            if kind == tree.SYMLINK:
-                try:
-                    tree.put_name(entry, "target", os.readlink(path))
-                except OSError as exc:
-                    self.session._warn(self.name, rel, f"cannot read link: {exc.strerror}")
-                    continue
-            pending.append((entry, batch, place))
-            self._emit_ready()
-            if len(pending) > MAX_PENDING:
-                self._wait_head()
+        if S_ISREG(st.st_mode):
+            if st.st_nlink > 1:
+                first = self.links.get((st.st_dev, st.st_ino))
+                if first is not None:
+                    pending.append((self._hardlink(entry_from_stat(rel, st), rel, first), None, 0))
+                    self._emit_ready()
+                    return
+                self.links[(st.st_dev, st.st_ino)] = rel
+            line = reusable(rel, st)
+            if line is not None:
+                self._reused(line, st.st_size)
+                return
+        entry = entry_from_stat(rel, st)
+        kind = entry["type"]
+        batch, place = None, 0
+        if kind == tree.FILE:
+            xattrs = self.xattrs.read(path, st.st_dev)
+            if xattrs:
+                entry["xattrs"] = xattrs
+            batch = self.batch
+            place = len(batch.files)
+            batch.files.append((path, st.st_size))
+            batch.nbytes += st.st_size
+            if len(batch.files) >= BATCH_FILES or batch.nbytes >= BATCH_BYTES:
+                self._flush_batch()
+        else:
+            xattrs = self.xattrs.read(path, st.st_dev)
+            if xattrs:
+                entry["xattrs"] = xattrs
+        if kind == tree.SYMLINK:
+            try:
+                tree.put_name(entry, "target", os.readlink(path))
+            except OSError as exc:
+                self.session._warn(self.name, rel, f"cannot read link: {exc.strerror}")
+                return
+        pending.append((entry, batch, place))
+        self._emit_ready()
+        if len(pending) > MAX_PENDING:
+            self._wait_head()
 
     @staticmethod
     def _hardlink(entry: dict, rel: bytes, first: bytes) -> dict:

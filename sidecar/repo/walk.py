@@ -8,6 +8,7 @@ import stat
 from collections.abc import Callable, Iterator
 from fnmatch import translate
 from operator import attrgetter
+from stat import S_ISDIR
 
 _name = attrgetter("name")
 
@@ -101,13 +102,40 @@ class Walker:
             if stat.S_ISDIR(st.st_mode):
                 yield from self._below(child_path, child_rel)
 
+    def iter_before(self, start: bytes) -> Iterator[tuple[bytes, bytes, os.stat_result]]:
+        """The entries before the relative path `start` in tree order (the walk's head, the
+        complement of `iter_from`): `start`'s ancestors are yielded, as they come before it.
+        Nothing after `start` is entered or stat-ed."""
+        if start == b".":
+            return iter(())
+        return self._before_root(start.split(b"/"))
+
+    def _before_root(self, parts: list[bytes]) -> Iterator[tuple[bytes, bytes, os.stat_result]]:
+        yield b".", self.root, os.lstat(self.root)
+        yield from self._until(self.root, b".", parts)
+
+    def _until(self, path: bytes, rel: bytes, parts: list[bytes]) -> Iterator[tuple[bytes, bytes, os.stat_result]]:
+        name, rest = parts[0], parts[1:]
+        for child_rel, child_path, st in self._children(path, rel):
+            child_name = child_rel[child_rel.rfind(b"/") + 1 :]
+            if child_name > name or (child_name == name and not rest):
+                return
+            yield child_rel, child_path, st
+            if stat.S_ISDIR(st.st_mode):
+                if child_name == name:  # an ancestor of `start`: only what comes before it
+                    yield from self._until(child_path, child_rel, rest)
+                    return
+                yield from self._below(child_path, child_rel)
+            elif child_name == name:
+                return
+
     def _below(self, path: bytes, rel: bytes) -> Iterator[tuple[bytes, bytes, os.stat_result]]:
         stack = [self._children(path, rel)]
         while stack:
-            for rel, path, st in stack[-1]:
-                yield rel, path, st
-                if stat.S_ISDIR(st.st_mode):
-                    stack.append(self._children(path, rel))
+            for entry in stack[-1]:
+                yield entry
+                if S_ISDIR(entry[2].st_mode):
+                    stack.append(self._children(entry[1], entry[0]))
                     break
             else:
                 stack.pop()

@@ -76,6 +76,22 @@ def test_iter_from_is_the_tail_of_the_walk(tmp_path):
         assert [rel for rel, _, _ in walker.iter_from(start)] == expected, start
 
 
+def test_iter_before_is_the_head_of_the_walk(tmp_path):
+    root = tmp_path / "t"
+    root.mkdir()
+    make_tree(root)
+    walker = Walker(os.fsencode(root))
+    walk = [rel for rel, _, _ in walker]
+    starts = (
+        walk + [rel + b"0" for rel in walk] + [b"d1/zzz/deeper", b"a", b"zzzz", b"d3/deep/f00.txt/x", b"d0/f00.txt/x"]
+    )
+    for start in starts:
+        expected = [rel for rel in walk if order_key(rel) < order_key(start)]
+        head = [rel for rel, _, _ in walker.iter_before(start)]
+        assert head == expected, start
+        assert head + [rel for rel, _, _ in walker.iter_from(start)] == walk, start
+
+
 def test_cut_texts_cuts_the_lines_where_asked():
     import random
 
@@ -187,3 +203,56 @@ def test_a_backup_that_fails_stops_its_child(repo, tmp_path, split, monkeypatch)
     assert len(children) == 1
     with pytest.raises(ChildProcessError):
         os.waitpid(children[0], os.WNOHANG)  # reaped: no zombie left
+
+
+@pytest.mark.parametrize("run_files", [1, 2, 5])
+@pytest.mark.parametrize("two_cores", [False, True])
+def test_runs_of_unchanged_files_of_any_length_list_what_a_full_backup_lists(
+    repo, tmp_path, monkeypatch, run_files, two_cores
+):
+    """Unchanged files are taken from the walk in runs of up to RUN_FILES: wherever a run
+    ends (a directory, a hard link, a changed file, a name JSON escapes, the run's limit),
+    the listing is the one a full backup makes and every unchanged file is reused."""
+    monkeypatch.setattr(backup_module, "RUN_FILES", run_files)
+    if two_cores:
+        monkeypatch.setattr(backup_module, "SPLIT_MIN_ENTRIES", 1)
+        monkeypatch.setattr(forked, "available", lambda: True)
+    root = tmp_path / "t"
+    root.mkdir()
+    make_tree(root)
+    first = back_up(repo, root, "full")
+    unchanged = back_up(repo, root)
+    assert unchanged.source("data").tree == first.source("data").tree
+    assert unchanged.totals.reused_files == first.totals.files
+    change_tree(root)
+    changed = back_up(repo, root)
+    # read: d0/f03.txt, d5/deep/f04.txt, d2/new.txt, the file that was a directory and the new
+    # pair's first name d0/second-link (d5/deep/f06.txt, now its second name, is a link entry)
+    assert changed.totals.reused_files == changed.totals.files - 5
+    fresh = back_up(repo, root, "full")
+    assert changed.source("data").tree == fresh.source("data").tree
+    restore_snapshot(repo, changed, str(tmp_path / "restored"))
+    assert compare(str(root), str(tmp_path / "restored")) == []
+
+
+def test_an_unchanged_plain_tree_takes_every_file_in_runs(repo, tmp_path, monkeypatch):
+    """The files of an unchanged tree (plain names, one link each) are all taken by the run
+    loop, directories between them included: none falls back to the slower one-file check."""
+    root = tmp_path / "t"
+    for d in range(4):
+        for sub in ("", "a", "a/b", "c"):
+            (root / f"d{d}" / sub).mkdir(parents=True, exist_ok=True)
+            for f in range(3):
+                (root / f"d{d}" / sub / f"f{f}").write_text(f"{d}/{sub}/{f}")
+    first = back_up(repo, root, "full")
+    slow = []
+    one_file = backup_module._TreeScan._reusable
+    monkeypatch.setattr(
+        backup_module._TreeScan, "_reusable", lambda self, rel, st: slow.append(rel) or one_file(self, rel, st)
+    )
+    again = back_up(repo, root)
+    assert again.totals.reused_files == first.totals.files == 48
+    assert slow == []
+    (root / "d1" / "a" / "f1").write_text("changed")
+    back_up(repo, root)
+    assert slow == [b"d1/a/f1"]
