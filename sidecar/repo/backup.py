@@ -132,9 +132,19 @@ def _has_head(line: bytes, head: bytes) -> bool:
     return line.startswith(head) and line[len(head) : len(head) + 1] == b","
 
 
-def split_index(count: int) -> int:
-    """Where a parent listing of `count` lines (count >= 2) is cut in two for a split scan."""
+def split_chunk(count: int) -> int:
+    """At which of its `count` chunks a parent listing is cut in two for a split scan (0: it is
+    not, it has one chunk)."""
     return count // 2
+
+
+def split_index(count: int) -> int:
+    """Where a parent listing of one chunk, `count` lines (count >= 2), is cut in two for a split scan."""
+    return count // 2
+
+
+def _line_path(line: bytes) -> bytes:
+    return tree.line_path(line) or tree.entry_path(tree.parse_line(line))
 
 
 def cut_texts(texts: list[bytes], mid: int) -> tuple[list[bytes], list[bytes]]:
@@ -488,25 +498,41 @@ class _TreeScan:
 
     # ---- the tree in two halves (an incremental backup of a large tree) -----------------
 
-    def _split_plan(self) -> tuple[list[bytes], list[bytes], bytes] | None:
-        """The parent listing cut in two, as pieces of whole lines (`tree.read_texts`), and the
-        path of the first line after the cut, when the tree is worth comparing on two cores
-        (see sidecar.repo.forked)."""
+    def _split_plan(self) -> tuple[Iterable[bytes], list[bytes], bytes] | None:
+        """The parent listing cut in two, in pieces of whole lines (`tree.read_texts`): the
+        first part (read as the walk goes), the second (read now, for the child) and the path
+        of its first line, when the tree is worth comparing on two cores (see sidecar.repo.forked).
+        A listing of several chunks is cut where a chunk starts, so that only the second part
+        is read before the walk begins; one of a single chunk (or whose chunk before that one
+        holds no line end) is cut at its middle line."""
         source = self.parent_source
         if source is None or not forked.available():
             return None
         entries = source.stats.files + source.stats.dirs + source.stats.other
         if not SPLIT_MIN_ENTRIES <= entries <= SPLIT_MAX_ENTRIES:
             return None
-        texts = list(self.session._listing_texts(source))
+        ids = [bytes.fromhex(h) for h in source.tree]
+        load = self.session.repo.load_blob
+        at = split_chunk(len(ids))
+        if 0 < at < len(ids):
+            before = load(ids[at - 1])
+            end = before.rfind(b"\n")
+            if end >= 0:  # the chunk's last line goes on in chunk `at`: it is the second part's first
+                tail = list(tree.read_texts(ids[at:], load, first=before[end + 1 :]))
+
+                def head_load(blob_id: bytes) -> bytes:
+                    return before if blob_id == ids[at - 1] else load(blob_id)
+
+                head: Iterable[bytes] = tree.read_texts(ids[:at], head_load, open_end=True)
+                return head, tail, _line_path(tail[0].partition(b"\n")[0])
+        texts = list(tree.read_texts(ids, load))
         count = sum(text.count(b"\n") + 1 for text in texts)
         if count < 2:
             return None
         head, tail = cut_texts(texts, split_index(count))
-        start = tail[0].partition(b"\n")[0]
-        return head, tail, tree.line_path(start) or tree.entry_path(tree.parse_line(start))
+        return head, tail, _line_path(tail[0].partition(b"\n")[0])
 
-    def _run_split(self, head: list[bytes], tail: list[bytes], start: bytes) -> None:
+    def _run_split(self, head: Iterable[bytes], tail: list[bytes], start: bytes) -> None:
         """The walk before the path `start` (in tree order) is compared with the parent's lines
         `head` here, the rest with `tail` in a forked child at the same time; the child says which
         of its files are unchanged (runs of their lines) and hands everything else back to be

@@ -161,10 +161,14 @@ def read_lines(blob_ids: list[bytes], load_blob: Callable[[bytes], bytes]) -> It
         yield from text.split(b"\n")
 
 
-def read_texts(blob_ids: list[bytes], load_blob: Callable[[bytes], bytes]) -> Iterator[bytes]:
+def read_texts(
+    blob_ids: list[bytes], load_blob: Callable[[bytes], bytes], first: bytes = b"", open_end: bool = False
+) -> Iterator[bytes]:
     """The text of a tree in pieces of whole lines, one per chunk loaded: a piece is its
-    lines joined by newlines, without the last newline (`piece.split(b"\\n")` are the lines)."""
-    carry = b""
+    lines joined by newlines, without the last newline (`piece.split(b"\\n")` are the lines).
+    For a part of a tree's chunks: `first` is the start of their first line (the end of the
+    chunk before them), and with `open_end` a last line that goes on in the next chunk is left out."""
+    carry = first
     for blob_id in blob_ids:
         text = carry + load_blob(blob_id)
         end = text.rfind(b"\n")
@@ -173,7 +177,7 @@ def read_texts(blob_ids: list[bytes], load_blob: Callable[[bytes], bytes]) -> It
             continue
         carry = text[end + 1 :]
         yield text[:end]
-    if carry:
+    if carry and not open_end:
         raise IntegrityError("tree text does not end with a newline")
 
 

@@ -15,6 +15,7 @@ from sidecar.repo import backup as backup_module
 from sidecar.repo import forked, tree
 from sidecar.repo.backends.local import LocalBackend
 from sidecar.repo.backup import BackupOptions, BackupSession, cut_texts, order_key
+from sidecar.repo.chunker import ChunkerParams
 from sidecar.repo.repository import Repository
 from sidecar.repo.restore import restore_snapshot
 from sidecar.repo.walk import Walker
@@ -139,15 +140,40 @@ def test_a_file_whose_data_left_the_repository_is_read_again_in_either_half(repo
     assert compare(str(root), str(tmp_path / "restored")) == []
 
 
+@pytest.mark.parametrize("chunks", ["one", "many"])
 @pytest.mark.parametrize("cut", ["first", "third", "middle", "last"])
-def test_a_split_incremental_lists_what_one_process_lists(repo, tmp_path, split, monkeypatch, cut):
+def test_a_split_incremental_lists_what_one_process_lists(tmp_path, split, monkeypatch, cut, chunks):
+    """A listing of one chunk is cut at a line (`split_index`), one of many chunks where a
+    chunk starts (`split_chunk`): lines go on from one chunk to the next, and big.bin's line
+    (3 000 blob ids) spans many, so a cut that falls inside it is made at a line instead."""
+    small = ChunkerParams(min_size=256, avg_size=1024, max_size=4096)  # the listing: ~20 chunks
+    repo = Repository.init(LocalBackend(tmp_path / "repo"), b"k", chunker=small if chunks == "many" else None)
     root = tmp_path / "t"
     root.mkdir()
     make_tree(root)
     first = back_up(repo, root, "full")
+    assert (len(first.source("data").tree) > 10) == (chunks == "many")
     cuts = {"first": lambda n: 1, "third": lambda n: n // 3, "middle": lambda n: n // 2, "last": lambda n: n - 1}
     monkeypatch.setattr(backup_module, "split_index", cuts[cut])
+    monkeypatch.setattr(backup_module, "split_chunk", cuts[cut])
+    plans = []
+    plan = backup_module._TreeScan._split_plan
+
+    def read_plan(self):  # the first part is read as the walk goes: here, all of it at once
+        made = plan(self)
+        if made is not None:
+            plans.append((list(made[0]), made[1], made[2]))
+            return plans[-1]
+        return None
+
+    monkeypatch.setattr(backup_module._TreeScan, "_split_plan", read_plan)
     unchanged = back_up(repo, root)
+    (made,) = plans  # the unchanged backup's
+    lines = [line for text in made[0] for line in text.split(b"\n")]
+    assert lines + [line for text in made[1] for line in text.split(b"\n")] == list(
+        tree.read_lines([bytes.fromhex(h) for h in first.source("data").tree], repo.load_blob)
+    )
+    assert lines and made[2] == backup_module._line_path(made[1][0].partition(b"\n")[0])
     assert unchanged.source("data").tree == first.source("data").tree  # byte for byte the same listing
     # every file (the hard link's second name is a link entry)
     assert unchanged.totals.reused_files == first.totals.files

@@ -284,6 +284,30 @@ def test_read_texts_are_whole_lines_whatever_the_chunks():
         assert list(read_lines(ids, store.__getitem__)) == [x[:-1] for x in lines]
 
 
+def test_read_texts_of_two_parts_of_the_chunks_are_the_whole():
+    """The chunks before a cut (`open_end`: the line they end inside is left out) and the ones
+    after it (`first`: that line's start, from the chunk before them) give all lines, once."""
+    import random
+
+    rng = random.Random(6)
+    lines = [encode_entry({"type": FILE, "path": "f" * rng.randrange(0, 40) + str(i)}) for i in range(60)]
+    text = b"".join(lines)
+    for _ in range(30):
+        cuts = sorted(rng.sample(range(1, len(text)), rng.randrange(1, 12)))
+        chunks = [text[a:b] for a, b in zip([0, *cuts], [*cuts, len(text)], strict=True)]
+        store = Store()
+        ids = [store.put(c) for c in chunks]
+        for at in range(1, len(ids)):
+            carry = b"".join(chunks[:at]).rpartition(b"\n")[2]
+            head = list(read_texts(ids[:at], store.__getitem__, open_end=True))
+            tail = list(read_texts(ids[at:], store.__getitem__, first=carry))
+            got = [line for t in head + tail for line in t.split(b"\n")]
+            assert got == [x[:-1] for x in lines], (cuts, at)
+        if not chunks[0].endswith(b"\n"):  # without open_end, a part that ends inside a line is refused
+            with pytest.raises(IntegrityError):
+                list(read_texts(ids[:1], store.__getitem__))
+
+
 def test_read_tree_is_lazy():
     store = Store()
     ids = [store.put(encode_entry({"type": FILE, "path": f"f{i}"})) for i in range(3)]
