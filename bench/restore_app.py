@@ -1,12 +1,12 @@
 """Restoring a whole app against restic + the DB client, and the cost of a safety snapshot.
 
-    python bench/restore_app.py [--volume-mb 1850] [--dump-mb 200] [--work /var/tmp/w9-restore-bench]
+    python bench/restore_app.py [--volume-mb 1850] [--dump-mb 200] [--samples 5] [--work /var/tmp/w9-restore-bench]
 
 Builds an app of the test image: a web container with a volume of
 `bench/dataset.py` data and a MariaDB container with a table whose dump is
 about --dump-mb. Then, after the same page-cache warm-up each time:
 
-1. three times: `backup --app --type full` into an empty repository, then at
+1. --samples times: `backup --app --type full` into an empty repository, then at
    once the safety snapshot as a restore takes it of the app unchanged since:
    `restore --app latest --no-database --volumes conf` (a small second volume,
    so that what follows the safety snapshot is short); the database is
@@ -29,6 +29,7 @@ import argparse
 import json
 import os
 import shutil
+import statistics
 import subprocess
 import sys
 import time
@@ -46,7 +47,6 @@ APP = "w9rbench"
 PASSWORD = "benchmark passphrase"
 ROOT_PW = "bench-root-pw"
 VOLUMES = ("data", "conf", "dbdata")
-SAMPLES = 3
 
 
 def sh(*args: str, **kw) -> subprocess.CompletedProcess:
@@ -104,6 +104,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--volume-mb", type=int, default=1850)
     ap.add_argument("--dump-mb", type=int, default=200)
+    ap.add_argument("--samples", type=int, default=5, help="full backups, each with a safety snapshot after it")
     ap.add_argument("--work", default="/var/tmp/w9-restore-bench")
     args = ap.parse_args()
     work = Path(args.work)
@@ -176,7 +177,7 @@ def main() -> None:
         sh("docker", "exec", web, "sh", "-c", "echo 'site: bench' > /etc/app/app.yml")
         dataset_warm = ["tar", "-cf", "/dev/null", "-C", mountpoint, "."]
         ratios = []
-        for sample in range(SAMPLES):
+        for sample in range(args.samples):
             # a full backup into an empty repository, then at once the safety snapshot a restore takes
             # of the app, unchanged since that backup: the two measured a minute apart, as this VM's
             # speed drifts by tens of per cent within minutes
@@ -201,7 +202,9 @@ def main() -> None:
         again = timed([*cli, "backup", "--repo", str(repo), "--app", APP], env)  # latest: with the dump
         print(f"unchanged app again from the command line {again:.1f} s; without the dump {volume_only:.1f} s "
               "(each with ~0.6 s of start-up: imports, key, index)", flush=True)  # fmt: skip
-        print("safety snapshot / full backup: " + " / ".join(f"{100 * r:.1f} %" for r in ratios), flush=True)
+        print("safety snapshot / full backup: " + " / ".join(f"{100 * r:.1f} %" for r in ratios)
+              + f"; median {100 * statistics.median(ratios):.1f} %, worst {100 * max(ratios):.1f} %, "
+              f"<= 10 % in {sum(r <= 0.10 for r in ratios)} of {len(ratios)}", flush=True)  # fmt: skip
         sh("restic", "backup", "--quiet", mountpoint, env=env)
         copy = work / "reference"
         subprocess.run(["cp", "-a", mountpoint, str(copy)], check=True)
