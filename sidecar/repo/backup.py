@@ -593,9 +593,9 @@ class _TreeScan:
         self.walker.on_error = on_error
         entries = self.walker.iter_from(start)
         while (entry := self._take_unchanged(entries, run, sizes)) is not None:
+            end_run()  # also at _MORE: a run left in `run` would end the next call after one file
             if entry is _MORE:
                 continue
-            end_run()
             rel, path, st = entry
             line = None
             if S_ISREG(st.st_mode):
@@ -683,12 +683,15 @@ class _TreeScan:
         """Every entry into the listing: runs of unchanged files in one go, the others one by one."""
         run: list[bytes] = []
         sizes: list[int] = []
-        while (entry := self._take_unchanged(entries, run, sizes)) is not None or run:
+        while True:
+            entry = self._take_unchanged(entries, run, sizes)
             if run:
                 self._reused(b"\n".join(run), sum(sizes), len(run))
                 run.clear()
                 sizes.clear()
-            if entry is not None and entry is not _MORE:
+            if entry is None:
+                return
+            if entry is not _MORE:
                 self._entry(*entry, self._reusable)
 
     def _entry(

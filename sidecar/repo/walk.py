@@ -121,7 +121,7 @@ class Walker:
             if child_name > name or (child_name == name and not rest):
                 return
             yield child_rel, child_path, st
-            if stat.S_ISDIR(st.st_mode):
+            if S_ISDIR(st.st_mode):
                 if child_name == name:  # an ancestor of `start`: only what comes before it
                     yield from self._until(child_path, child_rel, rest)
                     return

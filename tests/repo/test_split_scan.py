@@ -65,19 +65,7 @@ def back_up(repo: Repository, root: Path, backup_type: str = "incremental"):
         return session.commit()
 
 
-def test_iter_from_is_the_tail_of_the_walk(tmp_path):
-    root = tmp_path / "t"
-    root.mkdir()
-    make_tree(root)
-    walker = Walker(os.fsencode(root))
-    walk = [rel for rel, _, _ in walker]
-    starts = walk + [rel + b"0" for rel in walk] + [b"d1/zzz/deeper", b"a", b"zzzz", b"d3/deep/f00.txt/x"]
-    for start in starts:
-        expected = [rel for rel in walk if order_key(rel) >= order_key(start)]
-        assert [rel for rel, _, _ in walker.iter_from(start)] == expected, start
-
-
-def test_iter_before_is_the_head_of_the_walk(tmp_path):
+def test_iter_from_and_iter_before_are_the_tail_and_the_head_of_the_walk(tmp_path):
     root = tmp_path / "t"
     root.mkdir()
     make_tree(root)
@@ -87,10 +75,11 @@ def test_iter_before_is_the_head_of_the_walk(tmp_path):
         walk + [rel + b"0" for rel in walk] + [b"d1/zzz/deeper", b"a", b"zzzz", b"d3/deep/f00.txt/x", b"d0/f00.txt/x"]
     )
     for start in starts:
-        expected = [rel for rel in walk if order_key(rel) < order_key(start)]
+        tail = [rel for rel, _, _ in walker.iter_from(start)]
         head = [rel for rel, _, _ in walker.iter_before(start)]
-        assert head == expected, start
-        assert head + [rel for rel, _, _ in walker.iter_from(start)] == walk, start
+        assert tail == [rel for rel in walk if order_key(rel) >= order_key(start)], start
+        assert head == [rel for rel in walk if order_key(rel) < order_key(start)], start
+        assert head + tail == walk, start
 
 
 def test_cut_texts_cuts_the_lines_where_asked():
