@@ -107,6 +107,8 @@ def main() -> None:
     ap.add_argument("--samples", type=int, default=5, help="full backups, each with a safety snapshot after it")
     ap.add_argument("--work", default="/var/tmp/w9-restore-bench")
     args = ap.parse_args()
+    if shutil.which("restic") is None:  # the reference: checked before the app is built
+        sys.exit("restic is not installed: apt-get install -y restic")
     work = Path(args.work)
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)

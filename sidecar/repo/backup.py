@@ -19,8 +19,8 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
-from stat import S_ISREG
-from typing import BinaryIO, Protocol
+from stat import S_ISDIR, S_ISREG
+from typing import BinaryIO, NamedTuple, Protocol
 
 from sidecar import __version__
 from sidecar.errors import BackupCreateFailed, InvalidRequest, QuotaExceeded
@@ -43,8 +43,17 @@ MAX_PENDING = 4096  # entries walked but not yet written to the listing
 SPLIT_MIN_ENTRIES = 50_000
 SPLIT_MAX_ENTRIES = 2_000_000  # the parent listing is held in memory meanwhile (~200 bytes a line)
 _UNCHANGED, _OTHER, _ERROR = 0, 1, 2  # what the child says of an entry
-RUN_FILES = 2048  # unchanged files taken in one go (`_take_unchanged`), then added to the listing
+RUN_FILES = 2048  # lines of unchanged files and directories taken in one go (`_take_unchanged`)
 _MORE = ()  # `_take_unchanged` stopped at RUN_FILES: more may follow
+
+
+class _Run(NamedTuple):
+    """Listing lines waiting in `_TreeScan.pending`: unchanged files' and directories'."""
+
+    text: bytes  # the lines joined by newlines
+    size: int  # of the files
+    files: int
+    lines: int
 
 
 class Progress(Protocol):
@@ -132,10 +141,18 @@ def _has_head(line: bytes, head: bytes) -> bool:
     return line.startswith(head) and line[len(head) : len(head) + 1] == b","
 
 
-def split_chunk(count: int) -> int:
-    """At which of its `count` chunks a parent listing is cut in two for a split scan (0: it is
-    not, it has one chunk)."""
-    return count // 2
+def split_chunk(sizes: list[int]) -> int:
+    """At which chunk a parent listing of chunks of `sizes` bytes is cut in two for a split
+    scan: where the bytes before come nearest half of them (the lines of a listing are much
+    alike in length, and its chunks are not: 0.4 to 3 MiB), the earlier of two as near.
+    0 for one chunk (it is not cut there)."""
+    half = sum(sizes) / 2
+    best, before, nearest = 0, 0, float("inf")
+    for at in range(1, len(sizes)):
+        before += sizes[at - 1]
+        if abs(before - half) < nearest:
+            best, nearest = at, abs(before - half)
+    return best
 
 
 def split_index(count: int) -> int:
@@ -441,7 +458,7 @@ class _TreeScan:
         self.links: dict[tuple[int, int], bytes] = {}
         self.skipped: set[bytes] = set()
         # (entry, batch it waits for, its place in the batch)
-        self.pending: collections.deque[tuple[dict | bytes, FileBatch | None, int]] = collections.deque()
+        self.pending: collections.deque[tuple[dict | _Run, FileBatch | None, int]] = collections.deque()
         self.batch = FileBatch(self.key, self.in_memory)
 
     def _flush_batch(self) -> None:
@@ -502,9 +519,10 @@ class _TreeScan:
         """The parent listing cut in two, in pieces of whole lines (`tree.read_texts`): the
         first part (read as the walk goes), the second (read now, for the child) and the path
         of its first line, when the tree is worth comparing on two cores (see sidecar.repo.forked).
-        A listing of several chunks is cut where a chunk starts, so that only the second part
-        is read before the walk begins; one of a single chunk (or whose chunk before that one
-        holds no line end) is cut at its middle line."""
+        A listing of several chunks is cut where a chunk starts (`split_chunk`: nearest half
+        its bytes), so that only the second part is read before the walk begins; one of a
+        single chunk (or whose chunk before that one holds no line end) is cut at its middle
+        line."""
         source = self.parent_source
         if source is None or not forked.available():
             return None
@@ -513,7 +531,8 @@ class _TreeScan:
             return None
         ids = [bytes.fromhex(h) for h in source.tree]
         load = self.session.repo.load_blob
-        at = split_chunk(len(ids))
+        places = [self.index.get(blob_id) for blob_id in ids]
+        at = split_chunk([p.raw_length if p else 0 for p in places])  # a missing chunk fails its load
         if 0 < at < len(ids):
             before = load(ids[at - 1])
             end = before.rfind(b"\n")
@@ -539,7 +558,7 @@ class _TreeScan:
         handled here, in order."""
         assert self.walker is not None
 
-        def second_half() -> list[tuple]:
+        def second_half() -> Iterator[tuple]:
             self.parent = _ParentCursor(tail)
             return self._compare_half(start)
 
@@ -558,7 +577,7 @@ class _TreeScan:
         self.parent = None  # the child compared these entries with its half of the parent listing
         for item in items:
             if item[0] == _UNCHANGED:
-                self._reused(item[1], item[3], item[2])
+                self._reused(*item[1:])
             elif item[0] == _OTHER:
                 rel, path, line = item[1], item[2], item[3]
                 try:
@@ -570,11 +589,12 @@ class _TreeScan:
             else:
                 self.session._warn(self.name, item[1], item[2])
 
-    def _compare_half(self, start: bytes) -> list[tuple]:
+    def _compare_half(self, start: bytes) -> Iterator[tuple]:
         """In the child: walk from `start` and compare with the parent. A run of unchanged files
-        with one link each is (_UNCHANGED, their lines joined by newlines, how many, their size);
-        any other entry is (_OTHER, rel, path, the parent's line if it looked unchanged); a walk
-        error is (_ERROR, rel, message)."""
+        with one link each and of directories is (_UNCHANGED, their lines joined by newlines,
+        the files' size, how many files, how many lines); any other entry is (_OTHER, rel, path,
+        the parent's line if it looked unchanged); a walk error is (_ERROR, rel, message).
+        Yielded as they come (`forked` writes each at once)."""
         assert self.walker is not None
         items: list[tuple] = []
         run: list[bytes] = []
@@ -582,7 +602,7 @@ class _TreeScan:
 
         def end_run() -> None:
             if run:
-                items.append((_UNCHANGED, b"\n".join(run), len(run), sum(sizes)))
+                items.append((_UNCHANGED, b"\n".join(run), sum(sizes), len(sizes), len(run)))
                 run.clear()
                 sizes.clear()
 
@@ -594,18 +614,19 @@ class _TreeScan:
         entries = self.walker.iter_from(start)
         while (entry := self._take_unchanged(entries, run, sizes)) is not None:
             end_run()  # also at _MORE: a run left in `run` would end the next call after one file
-            if entry is _MORE:
-                continue
-            rel, path, st = entry
-            line = None
-            if S_ISREG(st.st_mode):
-                line = self._reusable(rel, st)
+            if entry is not _MORE:
+                rel, path, st = entry
+                line = None
+                if S_ISREG(st.st_mode):
+                    line = self._reusable(rel, st)
                 if line is not None and st.st_nlink == 1:
-                    items.append((_UNCHANGED, line, 1, st.st_size))
-                    continue
-            items.append((_OTHER, rel, path, line))
+                    items.append((_UNCHANGED, line, st.st_size, 1, 1))
+                else:
+                    items.append((_OTHER, rel, path, line))
+            yield from items
+            items.clear()
         end_run()
-        return items
+        yield from items
 
     def _verified(self, line: bytes | None, rel: bytes, st: os.stat_result) -> bytes | None:
         """A parent line the child found for `rel`, checked again against this process's stat."""
@@ -623,9 +644,10 @@ class _TreeScan:
         is a regular file with one link whose line in the parent listing is the one at the
         cursor and unchanged (it starts with the head made from the stat: as in `_reusable`,
         only for a path with no quote or backslash, which JSON holds as is) and whose one blob
-        is indexed. Their lines go to `run`, their sizes to `sizes`. Returns the first entry
-        that is not such a file (the cursor still at its line), _MORE after RUN_FILES files,
-        or None at the end of `entries`."""
+        is indexed, or a directory (its line made from the stat, as `_entry` makes it). Their
+        lines go to `run`, the files' sizes to `sizes`. Returns the first entry that is neither
+        (the cursor still at its line), _MORE after RUN_FILES lines, or None at the end of
+        `entries`. With no parent listing, every entry is returned (a full backup)."""
         parent = self.parent
         if parent is None:
             return next(entries, None)
@@ -634,12 +656,19 @@ class _TreeScan:
         contains = self.index.__contains__
         fromhex = bytes.fromhex
         for entry in entries:
-            rel, _, st = entry
+            rel, path, st = entry
             mode = st.st_mode
             if line is None or not S_ISREG(mode) or st.st_nlink != 1:
-                if line is not None and not S_ISREG(mode) and line.startswith(b'{"path":"%s",' % rel):
-                    line = next(lines, None)  # a directory's own line (never reused): on to its first child
-                break
+                if not S_ISDIR(mode):
+                    break
+                # a directory: its line is made from the stat (never reused), and goes in the run
+                if line is not None and line.startswith(b'{"path":"%s",' % rel):
+                    line = next(lines, None)  # past its line in the parent listing, to its first child's
+                run.append(self._dir_line(rel, path, st))
+                if len(run) >= RUN_FILES:
+                    parent.moved_to(line)
+                    return _MORE
+                continue
             head = FILE_HEAD % (rel, mode & 0o7777, st.st_uid, st.st_gid, st.st_mtime_ns, st.st_size, st.st_ino,
                                 st.st_ctime_ns)  # fmt: skip
             if not line.startswith(head) or line[len(head) : len(head) + 1] != b"," or b'"' in rel or b"\\" in rel:
@@ -664,20 +693,27 @@ class _TreeScan:
         parent.moved_to(line)
         return entry
 
-    def _reused(self, text: bytes, size: int, count: int = 1) -> None:
-        """Unchanged files (`count` of them, `size` bytes): their parent lines, joined by
-        newlines, go into the listing, in order."""
-        stats = self.stats
-        stats.reused_files += count
+    def _dir_line(self, rel: bytes, path: bytes, st: os.stat_result) -> bytes:
+        """A directory's listing line (without its newline), as `_entry` makes it."""
+        entry = entry_from_stat(rel, st)
+        xattrs = self.xattrs.read(path, st.st_dev)
+        if xattrs:
+            entry["xattrs"] = xattrs
+        return tree.encode_entry(entry)[:-1]
+
+    def _reused(self, text: bytes, size: int, files: int = 1, lines: int = 1) -> None:
+        """A run of `lines` listing lines joined by newlines, to go into the listing in order:
+        `files` unchanged files (`size` bytes, their parent lines) and directories."""
+        self.stats.reused_files += files
         self.session.plan(size)
         pending = self.pending
         if pending:  # behind files still being read: keep the order
-            pending.append((text, None, size))
+            pending.append((_Run(text, size, files, lines), None, 0))
             self._emit_ready()
             if len(pending) > MAX_PENDING:
                 self._wait_head()
         else:
-            self._add_lines(text, size, count)
+            self._add_lines(text, size, files, lines)
 
     def _walk(self, entries: Iterator[tuple[bytes, bytes, os.stat_result]]) -> None:
         """Every entry into the listing: runs of unchanged files in one go, the others one by one."""
@@ -686,7 +722,7 @@ class _TreeScan:
         while True:
             entry = self._take_unchanged(entries, run, sizes)
             if run:
-                self._reused(b"\n".join(run), sum(sizes), len(run))
+                self._reused(b"\n".join(run), sum(sizes), len(sizes), len(run))
                 run.clear()
                 sizes.clear()
             if entry is None:
@@ -755,13 +791,14 @@ class _TreeScan:
             batch.done.wait()
         self._emit_ready()
 
-    def _add_lines(self, text: bytes, size: int, count: int) -> None:
+    def _add_lines(self, text: bytes, size: int, files: int, lines: int) -> None:
         stats = self.stats
-        stats.files += count
+        stats.files += files
+        stats.dirs += lines - files
         stats.bytes += size
         if self.session.progress:
-            self.session.progress.add(count, size)
-        self.listing.add_lines(text, count)
+            self.session.progress.add(files, size)
+        self.listing.add_lines(text, lines)
 
     def _emit_ready(self) -> None:
         pending = self.pending
@@ -781,8 +818,8 @@ class _TreeScan:
                     entry["blobs"] = blobs
                     entry["size"] = detail
             pending.popleft()
-            if entry.__class__ is bytes:  # unchanged files' lines from the parent; `place` is their size
-                self._add_lines(entry, place, entry.count(b"\n") + 1)
+            if entry.__class__ is _Run:
+                self._add_lines(*entry)
                 continue
             kind = entry["type"]
             if "_error" in entry or (kind == tree.HARDLINK and tree.get_name(entry, "link") in self.skipped):

@@ -14,7 +14,7 @@ from sidecar.errors import QuotaExceeded
 from sidecar.repo import backup as backup_module
 from sidecar.repo import forked, tree
 from sidecar.repo.backends.local import LocalBackend
-from sidecar.repo.backup import BackupOptions, BackupSession, cut_texts, order_key
+from sidecar.repo.backup import BackupOptions, BackupSession, cut_texts, order_key, split_chunk
 from sidecar.repo.chunker import ChunkerParams
 from sidecar.repo.repository import Repository
 from sidecar.repo.restore import restore_snapshot
@@ -82,6 +82,21 @@ def test_iter_from_and_iter_before_are_the_tail_and_the_head_of_the_walk(tmp_pat
         assert head + tail == walk, start
 
 
+def test_split_chunk_cuts_nearest_half_the_bytes():
+    assert split_chunk([100]) == 0  # one chunk: not cut at a chunk
+    assert split_chunk([]) == 0
+    assert split_chunk([10, 10]) == 1
+    assert split_chunk([10, 10, 10, 10]) == 2
+    assert split_chunk([1, 1, 1, 10]) == 3  # 3 before, 10 after: nearer than 2 and 11
+    assert split_chunk([10, 1, 1, 1]) == 1
+    assert split_chunk([5, 5, 5]) == 1  # 5 and 10 before are as near: the earlier
+    # the bench app's listing (chunk sizes in KiB): the middle chunk (13) gave the child 53.5 %
+    sizes = [1244, 718, 528, 856, 456, 1402, 582, 464, 545, 296, 469, 1403, 1013, 814]
+    sizes += [985, 1322, 297, 978, 841, 1457, 720, 555, 1732, 879, 745, 155]
+    at = split_chunk(sizes)
+    assert at == 14 and abs(sum(sizes[:at]) / sum(sizes) - 0.5) < 0.01
+
+
 def test_cut_texts_cuts_the_lines_where_asked():
     import random
 
@@ -144,7 +159,7 @@ def test_a_split_incremental_lists_what_one_process_lists(tmp_path, split, monke
     assert (len(first.source("data").tree) > 10) == (chunks == "many")
     cuts = {"first": lambda n: 1, "third": lambda n: n // 3, "middle": lambda n: n // 2, "last": lambda n: n - 1}
     monkeypatch.setattr(backup_module, "split_index", cuts[cut])
-    monkeypatch.setattr(backup_module, "split_chunk", cuts[cut])
+    monkeypatch.setattr(backup_module, "split_chunk", lambda sizes: cuts[cut](len(sizes)))
     plans = []
     plan = backup_module._TreeScan._split_plan
 
@@ -239,6 +254,7 @@ def test_runs_of_unchanged_files_of_any_length_list_what_a_full_backup_lists(
     unchanged = back_up(repo, root)
     assert unchanged.source("data").tree == first.source("data").tree
     assert unchanged.totals.reused_files == first.totals.files
+    assert unchanged.totals.dirs == first.totals.dirs
     change_tree(root)
     changed = back_up(repo, root)
     # read: d0/f03.txt, d5/deep/f04.txt, d2/new.txt, the file that was a directory and the new
@@ -246,6 +262,53 @@ def test_runs_of_unchanged_files_of_any_length_list_what_a_full_backup_lists(
     assert changed.totals.reused_files == changed.totals.files - 5
     fresh = back_up(repo, root, "full")
     assert changed.source("data").tree == fresh.source("data").tree
+    assert (changed.totals.files, changed.totals.dirs) == (fresh.totals.files, fresh.totals.dirs)
+    restore_snapshot(repo, changed, str(tmp_path / "restored"))
+    assert compare(str(root), str(tmp_path / "restored")) == []
+
+
+@pytest.mark.parametrize("run_files", [1, 3, 2048])
+@pytest.mark.parametrize("two_cores", [False, True])
+def test_directories_of_every_kind_in_runs_list_what_a_full_backup_lists(
+    repo, tmp_path, monkeypatch, run_files, two_cores
+):
+    """A directory's line is made from its stat inside a run of unchanged files: with xattrs,
+    a name JSON escapes, a name that is not UTF-8, empty, nested, and a changed mode, owner
+    or mtime, the listing is byte for byte the one a full backup makes."""
+    monkeypatch.setattr(backup_module, "RUN_FILES", run_files)
+    if two_cores:
+        monkeypatch.setattr(backup_module, "SPLIT_MIN_ENTRIES", 1)
+        monkeypatch.setattr(forked, "available", lambda: True)
+    root = tmp_path / "t"
+    names = ["plain", 'quo"te', "back\\slash", "ctl\x01", "emptyish", "x-last"]
+    for name in names:
+        for sub in ("", "/inner", "/inner/deeper"):
+            d = root / (name + sub)
+            d.mkdir(parents=True, exist_ok=True)
+            for f in range(2):
+                (d / f"f{f}").write_text(f"{name}{sub}{f}")
+    bad = os.fsencode(root) + b"/\xff\xfenot-utf8"
+    os.mkdir(bad)
+    open(bad + b"/f", "w").close()
+    (root / "empty").mkdir()
+    os.setxattr(root / "plain" / "inner", "user.note", b"\x00\xffdir")
+    os.setxattr(root / 'quo"te', "user.other", b"v")
+    first = back_up(repo, root, "full")
+    assert b'"xattrs"' in b"".join(
+        tree.read_texts([bytes.fromhex(h) for h in first.source("data").tree], repo.load_blob)
+    )
+    unchanged = back_up(repo, root)
+    assert unchanged.source("data").tree == first.source("data").tree
+    assert (unchanged.totals.reused_files, unchanged.totals.dirs) == (first.totals.files, first.totals.dirs)
+    os.chmod(root / "plain" / "inner" / "deeper", 0o700)
+    os.utime(root / "x-last", ns=(1, 1_500_000_000_123_456_789))
+    os.chown(root / "emptyish", 1234, 5678)
+    os.setxattr(root / "plain", "user.added", b"later")
+    changed = back_up(repo, root)
+    assert changed.totals.reused_files == first.totals.files  # only directories changed
+    fresh = back_up(repo, root, "full")
+    assert changed.source("data").tree == fresh.source("data").tree
+    assert changed.totals.dirs == fresh.totals.dirs
     restore_snapshot(repo, changed, str(tmp_path / "restored"))
     assert compare(str(root), str(tmp_path / "restored")) == []
 
