@@ -144,7 +144,7 @@ def _has_head(line: bytes, head: bytes) -> bool:
 def split_chunk(sizes: list[int]) -> int:
     """At which chunk a parent listing of chunks of `sizes` bytes is cut in two for a split
     scan: where the bytes before come nearest half of them (the lines of a listing are much
-    alike in length, and its chunks are not: 0.4 to 3 MiB), the earlier of two as near.
+    alike in length, and its chunks are not: 0.5 to 4 MiB), the earlier of two as near.
     0 for one chunk (it is not cut there)."""
     half = sum(sizes) / 2
     best, before, nearest = 0, 0, float("inf")
