@@ -693,13 +693,17 @@ class _TreeScan:
         parent.moved_to(line)
         return entry
 
-    def _dir_line(self, rel: bytes, path: bytes, st: os.stat_result) -> bytes:
-        """A directory's listing line (without its newline), as `_entry` makes it."""
+    def _stat_entry(self, rel: bytes, path: bytes, st: os.stat_result) -> dict:
+        """The listing entry of what the stat says, with its xattrs (no content or link target)."""
         entry = entry_from_stat(rel, st)
         xattrs = self.xattrs.read(path, st.st_dev)
         if xattrs:
             entry["xattrs"] = xattrs
-        return tree.encode_entry(entry)[:-1]
+        return entry
+
+    def _dir_line(self, rel: bytes, path: bytes, st: os.stat_result) -> bytes:
+        """A directory's listing line (without its newline), as `_entry` makes it."""
+        return tree.encode_entry(self._stat_entry(rel, path, st))[:-1]
 
     def _reused(self, text: bytes, size: int, files: int = 1, lines: int = 1) -> None:
         """A run of `lines` listing lines joined by newlines, to go into the listing in order:
@@ -747,24 +751,17 @@ class _TreeScan:
             if line is not None:
                 self._reused(line, st.st_size)
                 return
-        entry = entry_from_stat(rel, st)
+        entry = self._stat_entry(rel, path, st)
         kind = entry["type"]
         batch, place = None, 0
         if kind == tree.FILE:
-            xattrs = self.xattrs.read(path, st.st_dev)
-            if xattrs:
-                entry["xattrs"] = xattrs
             batch = self.batch
             place = len(batch.files)
             batch.files.append((path, st.st_size))
             batch.nbytes += st.st_size
             if len(batch.files) >= BATCH_FILES or batch.nbytes >= BATCH_BYTES:
                 self._flush_batch()
-        else:
-            xattrs = self.xattrs.read(path, st.st_dev)
-            if xattrs:
-                entry["xattrs"] = xattrs
-        if kind == tree.SYMLINK:
+        elif kind == tree.SYMLINK:
             try:
                 tree.put_name(entry, "target", os.readlink(path))
             except OSError as exc:

@@ -109,7 +109,7 @@ class Forked:
             return None
         try:
             size = os.fstat(fd).st_size
-            if status != 0 or size < _LENGTH:
+            if status != 0 or size == 0:  # (an empty file cannot be mapped)
                 return None
             with mmap.mmap(fd, size, prot=mmap.PROT_READ) as data:  # read in place, not copied first
                 return read_frames(data)
